@@ -1,0 +1,3 @@
+from s3proxy.cli import main
+
+raise SystemExit(main())
