@@ -8,8 +8,12 @@ cache can zero them on eviction (best effort in Python).
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 DEK_BYTES = 32
 
@@ -99,8 +103,85 @@ class KeyBackend(abc.ABC):
     ) -> WrappedKey:
         """Re-wrap a DEK under another key and/or context (KMS ReEncrypt where possible)."""
 
+    async def wrap_data_key(
+        self, key_id: str, dek: bytes | bytearray, context: Mapping[str, str]
+    ) -> WrappedKey:
+        """Wrap an existing DEK under ``key_id`` (cross-backend re-wrap, SSE migration).
+
+        Optional: backends that cannot wrap caller-supplied keys keep this default.
+        """
+        raise KeyAccessDenied(f"the {self.name} backend cannot wrap an existing data key")
+
     async def check(self) -> None:  # noqa: B027 - optional readiness probe
         """Raise KeyServiceError when the service is not reachable."""
 
     async def close(self) -> None:  # noqa: B027
         """Release connections, sessions, thread pools."""
+
+
+# --------------------------------------------------------------------------
+# Additions shared by every backend (kept here so that the wire format of the
+# authenticated data is defined in exactly one place).
+
+WRAP_AAD_LABEL = b"s3proxy wrapped-dek v1\x00"
+
+
+class KeyConfigError(ValueError):
+    """The key configuration is unusable (raised at start-up, never per request).
+
+    Messages name the offending setting or key id, never the secret itself.
+    """
+
+
+def check_context(context: Mapping[str, str]) -> dict[str, str]:
+    """The encryption context as a plain ``dict[str, str]`` (raises TypeError otherwise)."""
+    out: dict[str, str] = {}
+    for k, v in context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError("encryption context keys and values must be str")
+        out[k] = v
+    return out
+
+
+def canonical_json(value: object) -> bytes:
+    """Deterministic JSON: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def canonical_context(context: Mapping[str, str]) -> bytes:
+    """The canonical byte form of an encryption context (used as a cache key and in AADs)."""
+    return canonical_json(check_context(context))
+
+
+def wrap_aad(backend: str, key_id: str, algorithm: str, context: Mapping[str, str]) -> bytes:
+    """Additional authenticated data binding a wrapped DEK to its key, algorithm and context.
+
+    Every wrap that can carry AAD (AES-GCM) uses this; wraps that cannot
+    (AES-KWP, RSA-OAEP) authenticate it with a MAC under a key derived from
+    the DEK (see :func:`context_mac`).
+    """
+    return WRAP_AAD_LABEL + canonical_json(
+        {"alg": algorithm, "backend": backend, "context": check_context(context), "key_id": key_id}
+    )
+
+
+CONTEXT_MAC_BYTES = 32
+
+
+def context_mac(dek: bytes | bytearray, wrapped_dek: bytes, aad: bytes) -> bytes:
+    """HMAC-SHA256 over ``aad || wrapped_dek`` under HKDF(DEK, "s3proxy context-mac v1").
+
+    Binds the encryption context to wraps without AAD: whoever changes the
+    context must know the DEK to recompute the tag.
+    """
+    mac_key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"s3proxy context-mac v1"
+    ).derive(bytes(dek))
+    h = hmac.HMAC(mac_key, hashes.SHA256())
+    h.update(len(aad).to_bytes(4, "big") + aad + wrapped_dek)
+    return h.finalize()
+
+
+def zeroize(buf: bytearray) -> None:
+    """Overwrite ``buf`` in place with zeros (best effort: Python may hold copies)."""
+    buf[:] = bytes(len(buf))

@@ -1,0 +1,137 @@
+"""Outbound S3 client: one pooled aiohttp session, every request re-signed.
+
+Requests always go path-style (``/bucket/key``) to the configured backend.
+Bodies are streamed: an async iterator of bytes plus an exact
+``Content-Length`` (never chunked), sent as ``UNSIGNED-PAYLOAD``; small
+control bodies (XML) are sent as bytes with their real SHA-256.  If the body
+iterator raises, the request is aborted before its last byte, so the backend
+never stores a partial object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import AsyncIterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from yarl import URL
+
+from s3proxy.config import BackendSettings
+from s3proxy.http.sigv4 import sign_request
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+UNSIGNED = "UNSIGNED-PAYLOAD"
+
+
+@dataclass(frozen=True)
+class BackendCredentials:
+    access_key: str
+    secret_key: str
+
+
+def encode_key(key: str) -> str:
+    return quote(key, safe="/~")
+
+
+def _quote_q(s: str) -> str:
+    return quote(s, safe="-_.~")
+
+
+class BackendClient:
+    """Talks S3 to the storage backend on behalf of every client."""
+
+    def __init__(self, settings: BackendSettings) -> None:
+        self.settings = settings
+        parts = urlsplit(settings.url)
+        self._base = settings.url
+        self._host = parts.netloc
+        self._prefix = parts.path.rstrip("/")
+        self.credentials = BackendCredentials(
+            settings.access_key.get_secret_value(), settings.secret_key.get_secret_value()
+        )
+        self._session: aiohttp.ClientSession | None = None
+        self.requests_sent = 0  # for tests and metrics
+
+    async def start(self) -> None:
+        ssl_ctx: ssl.SSLContext | bool = True
+        if self._base.startswith("https://"):
+            if not self.settings.verify_tls:
+                ssl_ctx = False
+            elif self.settings.ca_bundle:
+                ssl_ctx = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections, ssl=ssl_ctx, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
+            ),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def path_for(self, bucket: str | None, key: str | None) -> str:
+        path = self._prefix + "/"
+        if bucket:
+            path += quote(bucket, safe="")
+            if key is not None:
+                path += "/" + encode_key(key)
+        return path
+
+    async def request(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: bytes | AsyncIterable[bytes] | None = None,
+        content_length: int | None = None,
+        credentials: BackendCredentials | None = None,
+    ) -> aiohttp.ClientResponse:
+        """Send one signed request; the caller reads and releases the response."""
+        assert self._session is not None, "BackendClient.start() not called"
+        creds = credentials or self.credentials
+        path = self.path_for(bucket, key)
+        hdrs: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+        hdrs["host"] = self._host
+        if body is None:
+            payload_hash = EMPTY_SHA256
+            if method in ("PUT", "POST"):
+                hdrs["content-length"] = "0"
+        elif isinstance(body, bytes | bytearray):
+            payload_hash = hashlib.sha256(body).hexdigest()
+            hdrs["content-length"] = str(len(body))
+        else:
+            if content_length is None:
+                raise ValueError("streamed bodies need an exact content_length")
+            payload_hash = UNSIGNED
+            hdrs["content-length"] = str(content_length)
+        signed = sign_request(
+            method,
+            path,
+            query,
+            {k: v for k, v in hdrs.items() if k != "content-length"},
+            payload_hash,
+            creds.access_key,
+            creds.secret_key,
+            self.settings.region,
+            datetime.now(UTC),
+        )
+        hdrs.update(signed)
+        qs = "&".join(f"{_quote_q(k)}={_quote_q(v)}" for k, v in query)
+        url = URL(self._base.split("://", 1)[0] + "://" + self._host + path + (("?" + qs) if qs else ""), encoded=True)
+        self.requests_sent += 1
+        return await self._session.request(method, url, headers=hdrs, data=body, allow_redirects=False)

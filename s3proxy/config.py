@@ -1,0 +1,228 @@
+"""Settings: one validated model, loaded once at start.
+
+Sources, later ones winning: built-in defaults, a YAML file (``--config``),
+``S3PROXY_*`` environment shortcuts.  Errors name the offending field.
+Secrets are ``SecretStr`` and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from s3proxy.keys.settings import KeysSettings, keys_env_overrides
+
+
+class ConfigError(Exception):
+    """Configuration is missing or invalid; the message is safe to print."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+def _parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class BackendSettings(_Model):
+    url: str = "http://127.0.0.1:9000"
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    region: str = "us-east-1"
+    ca_bundle: Path | None = None
+    verify_tls: bool = True
+    max_connections: int = Field(256, ge=1)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(300.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("backend url must start with http:// or https://")
+        return v.rstrip("/")
+
+
+Action = Literal["read", "write", "list", "delete", "admin"]
+
+
+class Grant(_Model):
+    """Access to a bucket (``*`` for all) and optional key prefix."""
+
+    bucket: str = "*"
+    prefix: str = ""
+    actions: tuple[Action, ...] = ("read", "write", "list", "delete", "admin")
+
+
+class Identity(_Model):
+    name: str = ""
+    access_key: str
+    secret_key: SecretStr
+    allow: tuple[Grant, ...] = (Grant(),)
+    backend_access_key: SecretStr | None = None
+    backend_secret_key: SecretStr | None = None
+
+
+class BucketSettings(_Model):
+    mode: Literal["encrypt", "passthrough"] = "encrypt"
+    # Serve objects that lack s3proxy metadata (written around the proxy) as
+    # plaintext instead of refusing them.
+    allow_unencrypted_reads: bool = False
+    public_read: bool = False
+
+
+class TLSSettings(_Model):
+    cert: Path | None = None
+    key: Path | None = None
+    client_ca: Path | None = None
+    self_signed: bool = False
+
+
+class LogSettings(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+    access_log: bool = True
+
+
+class LimitSettings(_Model):
+    max_xml_body: int = Field(2 * 1024 * 1024, ge=1024)
+    max_header_size: int = Field(16 * 1024, ge=1024)
+    max_object_size: int = Field(5 * 1024**3, ge=1)
+    max_part_size: int = Field(5 * 1024**3, ge=1)
+
+
+class Settings(_Model):
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str | None = None
+    base_domain: str | None = None  # enables virtual-hosted-style addressing
+    clock_skew_seconds: int = Field(900, ge=0)
+    backend: BackendSettings = BackendSettings()
+    identities: tuple[Identity, ...] = ()
+    buckets: dict[str, BucketSettings] = {}
+    default_bucket: BucketSettings = BucketSettings()
+    keys: KeysSettings = Field(default_factory=KeysSettings)
+    tls: TLSSettings = TLSSettings()
+    log: LogSettings = LogSettings()
+    limits: LimitSettings = LimitSettings()
+    workers: int = Field(1, ge=1)
+    shutdown_timeout: float = Field(30.0, ge=0)
+    require_https_for_sse_c: bool = True
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            _parse_hostport(v)
+        return v
+
+    @property
+    def listen_addr(self) -> tuple[str, int]:
+        return _parse_hostport(self.listen)
+
+    @property
+    def admin_addr(self) -> tuple[str, int] | None:
+        return _parse_hostport(self.admin_listen) if self.admin_listen else None
+
+    def bucket(self, name: str) -> BucketSettings:
+        return self.buckets.get(name, self.default_bucket)
+
+
+_ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
+    "S3PROXY_LISTEN": ("listen",),
+    "S3PROXY_ADMIN_LISTEN": ("admin_listen",),
+    "S3PROXY_BASE_DOMAIN": ("base_domain",),
+    "S3PROXY_BACKEND_URL": ("backend", "url"),
+    "S3PROXY_BACKEND_ACCESS_KEY": ("backend", "access_key"),
+    "S3PROXY_BACKEND_SECRET_KEY": ("backend", "secret_key"),
+    "S3PROXY_BACKEND_REGION": ("backend", "region"),
+    "S3PROXY_BACKEND_CA_BUNDLE": ("backend", "ca_bundle"),
+    "S3PROXY_TLS_CERT": ("tls", "cert"),
+    "S3PROXY_TLS_KEY": ("tls", "key"),
+    "S3PROXY_TLS_CLIENT_CA": ("tls", "client_ca"),
+    "S3PROXY_LOG_LEVEL": ("log", "level"),
+    "S3PROXY_LOG_FORMAT": ("log", "format"),
+    "S3PROXY_WORKERS": ("workers",),
+    "S3PROXY_DEFAULT_BUCKET_MODE": ("default_bucket", "mode"),
+}
+
+
+def _set_path(d: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        nxt = d.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            d[part] = nxt
+        d = nxt
+    d[path[-1]] = value
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    for name, path in _ENV_SHORTCUTS.items():
+        if environ.get(name):
+            _set_path(d, path, environ[name])
+    ak, sk = environ.get("S3PROXY_ACCESS_KEY"), environ.get("S3PROXY_SECRET_KEY")
+    if ak or sk:
+        if not (ak and sk):
+            raise ConfigError("S3PROXY_ACCESS_KEY and S3PROXY_SECRET_KEY must be set together")
+        d["identities"] = [{"name": "default", "access_key": ak, "secret_key": sk}]
+    keys = keys_env_overrides(environ)
+    if keys:
+        d["keys"] = keys
+    return d
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Load and validate settings from an optional YAML file and the environment."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level")
+        data = raw
+    data = _merge(data, env_overrides(environ))
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e)) from None

@@ -1,0 +1,423 @@
+"""The envelope: what an encrypted object stores in its metadata (FORMAT.md 3).
+
+An ``Envelope`` holds the format version, the layout, the ``object_id``,
+the wrapped DEK, the encryption context the wrap used and the
+placement-binding MAC. It is encoded as user metadata under the reserved
+prefix ``s3proxy-`` and as a compact upload token appended to multipart
+UploadIds. Pure: no I/O, no asyncio.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import os
+import re
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from hashlib import sha256
+from typing import Final, Literal, NamedTuple, cast
+from urllib.parse import quote, unquote
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from s3proxy.crypto.format import (
+    FORMAT_VERSION,
+    OBJECT_ID_SIZE,
+    BindingMismatch,
+    Buffer,
+    InvalidUploadToken,
+    MalformedMetadata,
+    MetadataTooLarge,
+    UnsupportedFormatVersion,
+    _check_dek,
+)
+from s3proxy.keys.base import WrappedKey
+
+__all__ = [
+    "ENVELOPE_KEYS",
+    "METADATA_BUDGET",
+    "RESERVED_PREFIX",
+    "EncryptionContext",
+    "Envelope",
+    "Layout",
+    "UploadToken",
+    "decode_metadata",
+    "decode_upload_token",
+    "encode_metadata",
+    "encode_upload_token",
+    "is_reserved",
+    "make_envelope",
+    "new_object_id",
+    "rebind",
+    "verify_binding",
+]
+
+Layout = Literal["S", "K"]
+
+RESERVED_PREFIX: Final = "s3proxy-"
+META_VERSION: Final = "s3proxy-v"
+META_LAYOUT: Final = "s3proxy-layout"
+META_OBJECT_ID: Final = "s3proxy-id"
+META_WRAPPED: Final = "s3proxy-key"
+META_CONTEXT: Final = "s3proxy-ctx"
+META_BINDING: Final = "s3proxy-mac"
+ENVELOPE_KEYS: Final = (META_VERSION, META_LAYOUT, META_OBJECT_ID, META_WRAPPED, META_CONTEXT, META_BINDING)
+METADATA_BUDGET: Final = 1536  # bytes of keys + values (without "x-amz-meta-")
+
+BINDING_LABEL: Final = b"s3proxy.dev/binding@v1"
+BINDING_SIZE: Final = 32
+TOKEN_VERSION: Final = 1
+
+_PCT_SAFE: Final = ":/@+="  # plus letters, digits and "_.-~", which quote() never escapes
+_B64U_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
+_LAYOUTS: Final = ("S", "K")
+
+
+def new_object_id() -> bytes:
+    """A fresh random 16-byte object id (one per object / multipart upload)."""
+    return os.urandom(OBJECT_ID_SIZE)
+
+
+def is_reserved(name: str) -> bool:
+    """Whether a user-metadata key (without ``x-amz-meta-``) is reserved to the proxy."""
+    return name.lower().startswith(RESERVED_PREFIX)
+
+
+# -- encodings -------------------------------------------------------------------
+
+
+def _b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64u(text: str, what: str, error: type[Exception] = MalformedMetadata) -> bytes:
+    if not _B64U_RE.fullmatch(text) or len(text) % 4 == 1:
+        raise error(f"{what} is not base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise error(f"{what} is not base64url") from None
+    if _b64u(data) != text:  # non-zero trailing bits: not canonical
+        raise error(f"{what} is not canonical base64url")
+    return data
+
+
+def _pct(text: str) -> str:
+    return quote(text, safe=_PCT_SAFE)
+
+
+def _unpct(text: str, what: str) -> str:
+    try:
+        value = unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise MalformedMetadata(f"{what} is not UTF-8") from None
+    if _pct(value) != text:
+        raise MalformedMetadata(f"{what} is not canonically percent-encoded")
+    return value
+
+
+class EncryptionContext(Mapping[str, str]):
+    """An immutable, hashable str -> str map with a canonical JSON encoding."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | None = None) -> None:
+        pairs = dict(items or {})
+        for k, v in pairs.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("encryption context keys and values must be str")
+        self._items: tuple[tuple[str, str], ...] = tuple(sorted(pairs.items()))
+
+    def __getitem__(self, key: str) -> str:
+        for k, v in self._items:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __hash__(self) -> int:
+        return hash(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EncryptionContext):
+            return self._items == other._items
+        if isinstance(other, Mapping):
+            return dict(self._items) == dict(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"EncryptionContext({dict(self._items)!r})"
+
+    def canonical_json(self) -> bytes:
+        """UTF-8 JSON, keys sorted by code point, no whitespace, no ASCII escaping."""
+        return json.dumps(dict(self._items), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_canonical_json(cls, data: bytes, error: type[Exception] = MalformedMetadata) -> EncryptionContext:
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise error("encryption context is not JSON") from None
+        if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+            raise error("encryption context is not a map of strings")
+        ctx = cls(cast(dict[str, str], obj))
+        if ctx.canonical_json() != data:
+            raise error("encryption context is not canonical JSON")
+        return ctx
+
+
+# -- the envelope ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """Everything needed to decrypt an object besides its body and the key backend.
+
+    Nothing here is secret: the DEK appears only wrapped.
+    """
+
+    version: int
+    layout: Layout
+    object_id: bytes
+    wrapped: WrappedKey
+    context: EncryptionContext
+    binding: bytes
+
+
+def _lp(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _binding_mac(
+    dek: Buffer,
+    version: int,
+    layout: Layout,
+    object_id: bytes,
+    wrapped: WrappedKey,
+    context: EncryptionContext,
+    bucket: str,
+    key: str,
+) -> bytes:
+    _check_dek(dek)
+    mac_key = HKDFExpand(hashes.SHA512(), 32, BINDING_LABEL).derive(dek)
+    msg = b"".join(
+        (
+            BINDING_LABEL,
+            b"\x00",
+            struct.pack(">BB", version, ord(layout)),
+            object_id,
+            _lp(bucket.encode()),
+            _lp(key.encode()),
+            _lp(wrapped.backend.encode()),
+            _lp(wrapped.key_id.encode()),
+            _lp(wrapped.algorithm.encode()),
+            _lp(bytes(wrapped.blob)),
+            _lp(context.canonical_json()),
+        )
+    )
+    return hmac.new(mac_key, msg, sha256).digest()
+
+
+def _check_layout(layout: str) -> Layout:
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout must be 'S' or 'K', not {layout!r}")
+    return cast(Layout, layout)
+
+
+def make_envelope(
+    dek: Buffer,
+    layout: Layout,
+    object_id: bytes,
+    wrapped: WrappedKey,
+    context: Mapping[str, str],
+    bucket: str,
+    key: str,
+) -> Envelope:
+    """A version-1 envelope for a new object at ``bucket``/``key``, binding computed."""
+    layout = _check_layout(layout)
+    if len(object_id) != OBJECT_ID_SIZE:
+        raise ValueError(f"object id must be {OBJECT_ID_SIZE} bytes")
+    ctx = EncryptionContext(context)
+    oid = bytes(object_id)
+    binding = _binding_mac(dek, FORMAT_VERSION, layout, oid, wrapped, ctx, bucket, key)
+    return Envelope(FORMAT_VERSION, layout, oid, wrapped, ctx, binding)
+
+
+def verify_binding(env: Envelope, dek: Buffer, bucket: str, key: str) -> None:
+    """Raise ``BindingMismatch`` unless ``env`` was bound to ``bucket``/``key`` under ``dek``."""
+    expected = _binding_mac(dek, env.version, env.layout, env.object_id, env.wrapped, env.context, bucket, key)
+    if not hmac.compare_digest(expected, env.binding):
+        raise BindingMismatch("object metadata is not bound to this bucket and key")
+
+
+def rebind(
+    env: Envelope,
+    dek: Buffer,
+    bucket: str,
+    key: str,
+    wrapped: WrappedKey | None = None,
+    context: Mapping[str, str] | None = None,
+) -> Envelope:
+    """The envelope for a copy at ``bucket``/``key`` and/or a re-wrapped DEK.
+
+    Keeps version, layout, ``object_id`` (the body stays valid) and, unless
+    replaced, the wrapped key and context. Does not verify ``env``: call
+    ``verify_binding`` on the source first.
+    """
+    new_wrapped = env.wrapped if wrapped is None else wrapped
+    ctx = env.context if context is None else EncryptionContext(context)
+    binding = _binding_mac(dek, env.version, env.layout, env.object_id, new_wrapped, ctx, bucket, key)
+    return Envelope(env.version, env.layout, env.object_id, new_wrapped, ctx, binding)
+
+
+# -- metadata --------------------------------------------------------------------
+
+
+def _encode_wrapped(w: WrappedKey) -> str:
+    return ";".join((_pct(w.backend), _pct(w.key_id), _pct(w.algorithm), _b64u(bytes(w.blob))))
+
+
+def _decode_wrapped(text: str) -> WrappedKey:
+    fields = text.split(";")
+    if len(fields) != 4:
+        raise MalformedMetadata("wrapped key must have 4 fields")
+    backend = _unpct(fields[0], "key backend")
+    if not backend:
+        raise MalformedMetadata("empty key backend")
+    return WrappedKey(
+        backend=backend,
+        key_id=_unpct(fields[1], "key id"),
+        algorithm=_unpct(fields[2], "wrap algorithm"),
+        blob=_unb64u(fields[3], "wrapped key"),
+    )
+
+
+def encode_metadata(env: Envelope) -> dict[str, str]:
+    """The envelope as user metadata, keys without ``x-amz-meta-``."""
+    meta = {
+        META_VERSION: str(env.version),
+        META_LAYOUT: env.layout,
+        META_OBJECT_ID: _b64u(env.object_id),
+        META_WRAPPED: _encode_wrapped(env.wrapped),
+        META_CONTEXT: _b64u(env.context.canonical_json()),
+        META_BINDING: _b64u(env.binding),
+    }
+    size = sum(len(k) + len(v) for k, v in meta.items())  # all ASCII
+    if size > METADATA_BUDGET:
+        raise MetadataTooLarge(f"envelope metadata of {size} bytes exceeds {METADATA_BUDGET}")
+    return meta
+
+
+def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
+    """The envelope in ``meta`` (keys without ``x-amz-meta-``), or None if there is none.
+
+    Raises ``UnsupportedFormatVersion`` for a version other than 1 and
+    ``MalformedMetadata`` for missing or badly encoded fields. The binding is
+    not verified here (that needs the DEK): call ``verify_binding``.
+    """
+    ours = {k.lower(): v for k, v in meta.items() if k.lower() in ENVELOPE_KEYS}
+    if not ours:
+        return None
+    version = ours.get(META_VERSION)
+    if version is None:
+        raise MalformedMetadata(f"envelope metadata without {META_VERSION}")
+    if version != str(FORMAT_VERSION):
+        raise UnsupportedFormatVersion(f"object format version {version[:16]!r}")
+    missing = [k for k in ENVELOPE_KEYS if k not in ours]
+    if missing:
+        raise MalformedMetadata(f"envelope metadata without {', '.join(missing)}")
+    layout = ours[META_LAYOUT]
+    if layout not in _LAYOUTS:
+        raise MalformedMetadata(f"unknown layout {layout[:16]!r}")
+    object_id = _unb64u(ours[META_OBJECT_ID], "object id")
+    if len(object_id) != OBJECT_ID_SIZE:
+        raise MalformedMetadata("object id must be 16 bytes")
+    binding = _unb64u(ours[META_BINDING], "binding")
+    if len(binding) != BINDING_SIZE:
+        raise MalformedMetadata("binding must be 32 bytes")
+    wrapped = _decode_wrapped(ours[META_WRAPPED])
+    context = EncryptionContext.from_canonical_json(_unb64u(ours[META_CONTEXT], "encryption context"))
+    return Envelope(FORMAT_VERSION, cast(Layout, layout), object_id, wrapped, context, binding)
+
+
+# -- upload token ------------------------------------------------------------------
+
+
+class UploadToken(NamedTuple):
+    """What UploadPart needs to encrypt a part statelessly."""
+
+    object_id: bytes
+    wrapped: WrappedKey
+    context: EncryptionContext
+
+
+# (length prefix, field) in token order
+_TOKEN_FIELDS: Final = (
+    (">B", "backend"),
+    (">H", "key id"),
+    (">B", "algorithm"),
+    (">H", "wrapped key"),
+    (">H", "context"),
+)
+
+
+def encode_upload_token(env: Envelope) -> str:
+    """A compact base64url token (``[A-Za-z0-9_-]``) of object id, wrapped DEK and context."""
+    w = env.wrapped
+    values = (
+        w.backend.encode(),
+        w.key_id.encode(),
+        w.algorithm.encode(),
+        bytes(w.blob),
+        env.context.canonical_json(),
+    )
+    parts = [struct.pack(">B", TOKEN_VERSION), env.object_id]
+    for (fmt, what), value in zip(_TOKEN_FIELDS, values, strict=True):
+        if len(value) >= 1 << (8 * struct.calcsize(fmt)):
+            raise ValueError(f"{what} too long for an upload token")
+        parts.append(struct.pack(fmt, len(value)) + value)
+    return _b64u(b"".join(parts))
+
+
+def decode_upload_token(token: str) -> UploadToken:
+    """Inverse of ``encode_upload_token``; raises ``InvalidUploadToken``."""
+    data = _unb64u(token, "upload token", InvalidUploadToken)
+    if not data:
+        raise InvalidUploadToken("empty upload token")
+    if data[0] != TOKEN_VERSION:
+        raise UnsupportedFormatVersion(f"upload token version {data[0]}")
+    off = 1
+    object_id = data[off : off + OBJECT_ID_SIZE]
+    off += OBJECT_ID_SIZE
+    if len(object_id) != OBJECT_ID_SIZE:
+        raise InvalidUploadToken("upload token too short")
+    values: list[bytes] = []
+    for fmt, what in _TOKEN_FIELDS:
+        size = struct.calcsize(fmt)
+        if off + size > len(data):
+            raise InvalidUploadToken(f"upload token ends before {what}")
+        (n,) = struct.unpack_from(fmt, data, off)
+        off += size
+        if off + n > len(data):
+            raise InvalidUploadToken(f"upload token ends inside {what}")
+        values.append(data[off : off + n])
+        off += n
+    if off != len(data):
+        raise InvalidUploadToken("trailing bytes in upload token")
+    try:
+        backend, key_id, algorithm = (v.decode("utf-8") for v in values[:3])
+    except UnicodeDecodeError:
+        raise InvalidUploadToken("upload token text is not UTF-8") from None
+    wrapped = WrappedKey(backend=backend, key_id=key_id, algorithm=algorithm, blob=values[3])
+    context = EncryptionContext.from_canonical_json(values[4], InvalidUploadToken)
+    return UploadToken(object_id, wrapped, context)

@@ -1,0 +1,71 @@
+"""Stream adapters over the pure format: whole-object K-layout reading.
+
+``KObjectDecryptor`` walks a multipart (K layout) object from its first byte:
+part header -> that part's chunks -> next header, checking that part numbers
+strictly increase and that exactly ``n_parts`` parts are present.  Pure and
+synchronous like ``crypto.format``; the async glue lives in the handlers.
+"""
+
+from __future__ import annotations
+
+from s3proxy.crypto.format import KPartDecryptor, PartOrderError, Truncated, TrailingData, parse_k_header
+from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
+
+
+class KObjectDecryptor:
+    def __init__(self, dek: bytes | bytearray, object_id: bytes, n_parts: int) -> None:
+        self._dek = dek
+        self._oid = object_id
+        self._n = n_parts
+        self._parts_done = 0
+        self._last_part_number = 0
+        self._hdr = bytearray()
+        self._part: KPartDecryptor | None = None
+        self._remaining = 0  # ciphertext bytes of the current part after its header
+
+    def update(self, data: bytes | memoryview) -> list[bytes]:
+        out: list[bytes] = []
+        mv = memoryview(data)
+        while mv:
+            if self._part is None:
+                need = K_HEADER_SIZE - len(self._hdr)
+                self._hdr += mv[:need]
+                mv = mv[need:]
+                if len(self._hdr) < K_HEADER_SIZE:
+                    break
+                if self._parts_done >= self._n:
+                    raise TrailingData("more parts than the object's part count")
+                header = bytes(self._hdr)
+                self._hdr.clear()
+                info = parse_k_header(header)
+                if info.part_number <= self._last_part_number:
+                    raise PartOrderError("part numbers must strictly increase")
+                self._last_part_number = info.part_number
+                c_part = info.plaintext_length + K_PART_OVERHEAD
+                self._part = KPartDecryptor(self._dek, self._oid, header, c_part)
+                self._remaining = c_part - K_HEADER_SIZE
+                if self._remaining == 0:
+                    self._finish_part(out)
+                continue
+            take = mv[: self._remaining]
+            mv = mv[len(take):]
+            self._remaining -= len(take)
+            piece = self._part.update(take)
+            if piece:
+                out.append(piece)
+            if self._remaining == 0:
+                self._finish_part(out)
+        return out
+
+    def _finish_part(self, out: list[bytes]) -> None:
+        assert self._part is not None
+        tail = self._part.finalize()
+        if tail:
+            out.append(tail)
+        self._part = None
+        self._parts_done += 1
+
+    def finalize(self) -> bytes:
+        if self._part is not None or self._hdr or self._parts_done != self._n:
+            raise Truncated("multipart object ended early")
+        return b""

@@ -1,0 +1,271 @@
+"""Streaming integrity checks of a request's plaintext body.
+
+A :class:`Checker` collects every digest the client promised for one body --
+``Content-MD5`` and one ``x-amz-checksum-<algorithm>``, given as a header or
+declared in ``x-amz-trailer`` and sent after the body -- hashes the body once
+as it streams, and compares in constant time at the end.
+
+Values are base64 of the big-endian digest, as S3 defines them.  CRC32 uses
+zlib; MD5, SHA-1 and SHA-256 hashlib; CRC32C and CRC64NVME the C code of
+``awscrt.checksums`` when it is installed (as botocore does), else a correct
+but slow pure-Python table implementation.
+
+Errors (:class:`ChecksumError`): ``BadDigest`` 400 when a digest does not
+match (S3 uses it for ``Content-MD5`` and ``x-amz-checksum-*`` alike);
+``InvalidDigest`` 400 for a malformed ``Content-MD5``; ``InvalidRequest`` 400
+for a malformed checksum value, an unknown algorithm, more than one checksum
+algorithm, or a declared trailing checksum that never came.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import importlib
+import zlib
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Final, Protocol
+
+
+def _load_awscrt() -> ModuleType | None:
+    try:
+        return importlib.import_module("awscrt.checksums")
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+
+
+_CRT: Final = _load_awscrt()
+HAVE_AWSCRT: Final = _CRT is not None
+
+__all__ = ["ALGORITHMS", "HAVE_AWSCRT", "ChecksumError", "Checker", "crc32c_py", "crc64nvme_py", "digest_b64"]
+
+ALGORITHMS: Final = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+
+_PREFIX: Final = "x-amz-checksum-"
+# x-amz-checksum-* headers that describe a checksum but carry no value.
+_NOT_VALUES: Final = frozenset({"x-amz-checksum-algorithm", "x-amz-checksum-type", "x-amz-checksum-mode"})
+_SIZES: Final = {"md5": 16, "crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
+_MASK32: Final = 0xFFFFFFFF
+_MASK64: Final = 0xFFFFFFFFFFFFFFFF
+
+
+class ChecksumError(Exception):
+    """An integrity check failed or could not be set up, as an S3 error."""
+
+    code: str
+    message: str
+    status: int
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+# --------------------------------------------------------------------------
+# CRCs
+
+
+def _reflected_table(poly: int) -> tuple[int, ...]:
+    table: list[int] = []
+    for i in range(256):
+        crc = i
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+        table.append(crc)
+    return tuple(table)
+
+
+_CRC32C_TABLE: Final = _reflected_table(0x82F63B78)
+_CRC64NVME_TABLE: Final = _reflected_table(0x9A6C9329AC4BC9B5)
+
+
+def _crc_py(table: tuple[int, ...], mask: int, data: bytes | memoryview, crc: int) -> int:
+    crc ^= mask
+    for byte in bytes(data):
+        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ mask
+
+
+def crc32c_py(data: bytes | memoryview, crc: int = 0) -> int:
+    """CRC-32C (Castagnoli), continuing from ``crc``; pure Python."""
+    return _crc_py(_CRC32C_TABLE, _MASK32, data, crc)
+
+
+def crc64nvme_py(data: bytes | memoryview, crc: int = 0) -> int:
+    """CRC-64/NVME, continuing from ``crc``; pure Python."""
+    return _crc_py(_CRC64NVME_TABLE, _MASK64, data, crc)
+
+
+def _crc32c(data: bytes | memoryview, crc: int) -> int:
+    if _CRT is not None:
+        return int(_CRT.crc32c(data, crc))
+    return crc32c_py(data, crc)  # pragma: no cover
+
+
+def _crc64nvme(data: bytes | memoryview, crc: int) -> int:
+    if _CRT is not None:
+        return int(_CRT.crc64nvme(data, crc))
+    return crc64nvme_py(data, crc)  # pragma: no cover
+
+
+class _Digest(Protocol):
+    def update(self, data: bytes | memoryview, /) -> None: ...
+    def digest(self) -> bytes: ...
+
+
+class _Crc:
+    __slots__ = ("_crc", "_kind")
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._crc = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        if self._kind == "crc32":
+            self._crc = zlib.crc32(data, self._crc)
+        elif self._kind == "crc32c":
+            self._crc = _crc32c(data, self._crc)
+        else:
+            self._crc = _crc64nvme(data, self._crc)
+
+    def digest(self) -> bytes:
+        return self._crc.to_bytes(8 if self._kind == "crc64nvme" else 4, "big")
+
+
+def _new_digest(algorithm: str) -> _Digest:
+    if algorithm == "md5":
+        return hashlib.md5(usedforsecurity=False)
+    if algorithm in ("sha1", "sha256"):
+        return hashlib.new(algorithm)
+    return _Crc(algorithm)
+
+
+def _algorithm_of(name: str) -> str:
+    if name == "content-md5":
+        return "md5"
+    if name.startswith(_PREFIX) and name not in _NOT_VALUES:
+        algorithm = name[len(_PREFIX) :]
+        if algorithm in ALGORITHMS:
+            return algorithm
+        raise ChecksumError("InvalidRequest", f"The algorithm type you specified in {name} header is invalid.")
+    raise ChecksumError("InvalidRequest", f"{name} is not an integrity check header.")
+
+
+def digest_b64(name: str, data: bytes | memoryview) -> str:
+    """The base64 digest of ``data`` for ``content-md5`` or ``x-amz-checksum-<alg>``."""
+    digest = _new_digest(_algorithm_of(name.strip().lower()))
+    digest.update(data)
+    return base64.b64encode(digest.digest()).decode("ascii")
+
+
+def _decode_value(name: str, algorithm: str, value: str) -> bytes:
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != _SIZES[algorithm]:
+        if algorithm == "md5":
+            raise ChecksumError("InvalidDigest", "The Content-MD5 you specified is not valid.")
+        raise ChecksumError("InvalidRequest", f"Value for {name} header is invalid.")
+    return raw
+
+
+class Checker:
+    """Every expected digest of one body, checked while the body streams."""
+
+    def __init__(self) -> None:
+        self._expected: dict[str, bytes | None] = {}  # name -> raw digest, None until known
+        self._digests: dict[str, _Digest] = {}  # algorithm -> running digest
+        self._started = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The header names being checked (``content-md5``, ``x-amz-checksum-...``)."""
+        return tuple(self._expected)
+
+    def expect(self, name: str, b64value: str | None) -> None:
+        """Expect ``name`` to match ``b64value``; ``None`` declares a value that comes later (trailer)."""
+        key = name.strip().lower()
+        algorithm = _algorithm_of(key)
+        raw = _decode_value(key, algorithm, b64value) if b64value is not None else None
+        if key not in self._expected:
+            if self._started and algorithm not in self._digests:
+                raise ChecksumError("InvalidRequest", f"{key} was not declared before the body was sent.")
+            self._expected[key] = raw
+            self._digests.setdefault(algorithm, _new_digest(algorithm))
+            return
+        old = self._expected[key]
+        if raw is None:
+            return
+        if old is not None and not hmac.compare_digest(old, raw):
+            raise ChecksumError("InvalidRequest", f"Conflicting values for {key}.")
+        self._expected[key] = raw
+
+    def update(self, data: bytes | memoryview) -> None:
+        """Hash the next piece of the plaintext body."""
+        if len(data):
+            self._started = True
+            for digest in self._digests.values():
+                digest.update(data)
+
+    def computed(self) -> dict[str, str]:
+        """The base64 digests computed so far, by expected header name."""
+        return {
+            key: base64.b64encode(self._digests[_algorithm_of(key)].digest()).decode("ascii")
+            for key in self._expected
+        }
+
+    def verify(self) -> None:
+        """Compare every expected digest with the body hashed; raise :class:`ChecksumError`."""
+        for key, raw in self._expected.items():
+            algorithm = _algorithm_of(key)
+            if raw is None:
+                raise ChecksumError(
+                    "InvalidRequest", f"The trailing checksum {key} declared in x-amz-trailer was not sent."
+                )
+            if not hmac.compare_digest(self._digests[algorithm].digest(), raw):
+                if algorithm == "md5":
+                    raise ChecksumError("BadDigest", "The Content-MD5 you specified did not match what we received.")
+                raise ChecksumError(
+                    "BadDigest", f"The {algorithm.upper()} you specified did not match the calculated checksum."
+                )
+
+    @staticmethod
+    def from_headers(headers: Mapping[str, str], trailer_names: Sequence[str]) -> Checker:
+        """A checker for ``Content-MD5`` and ``x-amz-checksum-*`` headers plus trailing checksums.
+
+        ``trailer_names`` are the names listed in ``x-amz-trailer`` (the
+        header itself is not read here).  ``x-amz-checksum-algorithm``,
+        ``-type`` and ``-mode`` carry no value and are skipped.  S3 allows one
+        checksum algorithm per request, besides ``Content-MD5``.
+        """
+        checker = Checker()
+        in_headers: set[str] = set()
+        for name, value in headers.items():
+            key = name.strip().lower()
+            if key == "content-md5" or (key.startswith(_PREFIX) and key not in _NOT_VALUES):
+                checker.expect(key, value)
+                if key != "content-md5":
+                    in_headers.add(key)
+        trailing: list[str] = []
+        for name in trailer_names:
+            key = name.strip().lower()
+            if not key or key in trailing:
+                continue
+            if not key.startswith(_PREFIX) or key in _NOT_VALUES:
+                raise ChecksumError("InvalidRequest", f"The trailer {key} is not supported.")
+            if key in in_headers:
+                raise ChecksumError("InvalidRequest", f"{key} is given both as a header and as a trailer.")
+            checker.expect(key, None)
+            trailing.append(key)
+        if len(in_headers) + len(trailing) > 1:
+            raise ChecksumError(
+                "InvalidRequest",
+                "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
+            )
+        return checker

@@ -1,0 +1,314 @@
+"""Request dispatch: authenticate, route, authorise, call the operation.
+
+Operations that touch object bodies or sizes in an encrypted bucket go to
+``s3proxy.http.objects`` / ``multipart`` / ``listing``; everything else is
+re-signed and passed through unchanged (``passthrough``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from s3proxy.app import OP, REQUEST_ID, STATE, AppState
+from s3proxy.config import BucketSettings, Identity
+from s3proxy.http.auth import Caller, RequestBody, authenticate
+from s3proxy.http.errors import S3Error, access_denied
+from s3proxy.http.router import Route, route
+
+RESERVED_META = "x-amz-meta-s3proxy-"
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+     "transfer-encoding", "upgrade", "proxy-connection"}
+)
+# Request headers that describe the client's request to *us* and are never forwarded.
+DROP_REQUEST = HOP_BY_HOP | {
+    "host", "authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "content-length",
+    "expect", "x-amz-decoded-content-length", "x-amz-trailer", "x-amz-sdk-checksum-algorithm", "date", "user-agent", "accept-encoding",
+    "amz-sdk-invocation-id", "amz-sdk-request", "x-amz-user-agent",
+}
+# Integrity headers of the plaintext: verified by us, never forwarded with ciphertext.
+PLAINTEXT_INTEGRITY = ("content-md5", "x-amz-sdk-checksum-algorithm", "x-amz-checksum-")
+SSE_HEADERS = ("x-amz-server-side-encryption",)
+READ_BUFSIZE = 1 << 20
+
+
+@dataclass
+class Ctx:
+    request: web.Request
+    route: Route
+    caller: Caller
+    state: AppState
+
+    @property
+    def request_id(self) -> str:
+        return str(self.request[REQUEST_ID])
+
+    @property
+    def bucket(self) -> str:
+        assert self.route.bucket is not None
+        return self.route.bucket
+
+    @property
+    def key(self) -> str:
+        assert self.route.key is not None
+        return self.route.key
+
+    @property
+    def bucket_settings(self) -> BucketSettings:
+        return self.state.settings.bucket(self.bucket)
+
+    @property
+    def encrypted(self) -> bool:
+        return self.route.bucket is not None and self.bucket_settings.mode == "encrypt"
+
+    @property
+    def identity_name(self) -> str:
+        ident = self.caller.identity
+        return (ident.name or ident.access_key) if ident else "anonymous"
+
+
+Handler = Callable[[Ctx], Awaitable[web.StreamResponse]]
+
+ACTIONS: dict[str, str] = {
+    "GetObject": "read", "HeadObject": "read", "GetObjectAttributes": "read", "SelectObjectContent": "read",
+    "PutObject": "write", "UploadPart": "write", "UploadPartCopy": "write", "CopyObject": "write",
+    "CreateMultipartUpload": "write", "CompleteMultipartUpload": "write", "PostObject": "write",
+    "DeleteObject": "delete", "AbortMultipartUpload": "delete",
+    "ListObjects": "list", "ListObjectsV2": "list", "ListObjectVersions": "list", "ListMultipartUploads": "list",
+    "ListParts": "list", "ListBuckets": "list",
+}
+
+
+def action_for(r: Route, method: str) -> str:
+    if r.op in ACTIONS:
+        return ACTIONS[r.op]
+    if r.op == "ObjectConfig":
+        return "read" if method in ("GET", "HEAD") else "write"
+    if r.op == "BucketConfig" and method == "POST" and r.has("delete"):
+        return "delete"
+    if r.op == "BucketConfig" and method in ("GET", "HEAD"):
+        return "list" if r.has("location") or method == "HEAD" else "admin"
+    return "admin"
+
+
+def allowed(identity: Identity, action: str, bucket: str | None, key: str | None, prefix_param: str | None) -> bool:
+    for g in identity.allow:
+        if action not in g.actions:
+            continue
+        if bucket is None:
+            if g.bucket == "*":
+                return True
+            if action == "list":
+                return True  # ListBuckets: filtered view is the backend's business
+            continue
+        if g.bucket not in ("*", bucket):
+            continue
+        if not g.prefix:
+            return True
+        if key is not None and key.startswith(g.prefix):
+            return True
+        if key is None and action == "list" and (prefix_param or "").startswith(g.prefix):
+            return True
+    return False
+
+
+def authorise(ctx: Ctx) -> None:
+    r, request = ctx.route, ctx.request
+    action = action_for(r, request.method)
+    ident = ctx.caller.identity
+    if ident is None:
+        if r.bucket and action == "read" and ctx.state.settings.bucket(r.bucket).public_read:
+            return
+        raise access_denied()
+    if not allowed(ident, action, r.bucket, r.key, r.q("prefix")):
+        raise access_denied()
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    from s3proxy.http import listing, multipart, objects
+
+    state = request.app[STATE]
+    raw_path, _, raw_query = request.raw_path.partition("?")
+    r = route(request.method, request.host, raw_path, raw_query, request.headers, state.settings.base_domain)
+    request[OP] = r.op
+    caller = authenticate(request, state.settings)
+    ctx = Ctx(request, r, caller, state)
+    authorise(ctx)
+    if r.bucket is not None and r.key is not None:
+        reject_reserved_metadata(request.headers)
+    if not ctx.encrypted:
+        return await passthrough(ctx)
+    table: dict[str, Handler] = {
+        "PutObject": objects.put_object,
+        "GetObject": objects.get_object,
+        "HeadObject": objects.head_object,
+        "CopyObject": objects.copy_object,
+        "GetObjectAttributes": objects.get_object_attributes,
+        "CreateMultipartUpload": multipart.create,
+        "UploadPart": multipart.upload_part,
+        "UploadPartCopy": multipart.upload_part_copy,
+        "CompleteMultipartUpload": multipart.complete,
+        "AbortMultipartUpload": multipart.abort,
+        "ListParts": multipart.list_parts,
+        "ListMultipartUploads": multipart.list_uploads,
+        "ListObjects": listing.list_objects,
+        "ListObjectsV2": listing.list_objects,
+        "ListObjectVersions": listing.list_objects,
+        "SelectObjectContent": _unsupported,
+        "PostObject": _unsupported,
+    }
+    return await table.get(r.op, passthrough)(ctx)
+
+
+async def _unsupported(ctx: Ctx) -> web.StreamResponse:
+    raise S3Error("NotImplemented", f"{ctx.route.op} is not supported on encrypted buckets", 501)
+
+
+def reject_reserved_metadata(headers: Mapping[str, str]) -> None:
+    for name in headers:
+        if name.lower().startswith(RESERVED_META):
+            raise S3Error("InvalidArgument", "metadata keys starting with 's3proxy-' are reserved", 400)
+
+
+def forward_headers(headers: Mapping[str, str], *, body_changed: bool, drop: Iterable[str] = ()) -> dict[str, str]:
+    """The client's headers that go on to the backend."""
+    out: dict[str, str] = {}
+    dropped = set(drop)
+    for name, value in headers.items():
+        n = name.lower()
+        if n in DROP_REQUEST or n in dropped:
+            continue
+        if body_changed and (n.startswith(PLAINTEXT_INTEGRITY) or n.startswith(SSE_HEADERS)):
+            continue
+        if n == "content-encoding":
+            codings = [c.strip() for c in value.split(",") if c.strip() and c.strip().lower() != "aws-chunked"]
+            if not codings:
+                continue
+            value = ", ".join(codings)
+        if n in out:
+            out[n] += "," + value
+        else:
+            out[n] = value
+    return out
+
+
+def response_headers(
+    backend_headers: Mapping[str, str], request_id: str, *, hide_reserved: bool = True, drop: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    out: CIMultiDict[str] = CIMultiDict()
+    dropped = set(drop)
+    for name, value in backend_headers.items():
+        n = name.lower()
+        if n in HOP_BY_HOP or n in dropped or n in ("x-amz-request-id", "server", "content-length"):
+            continue
+        if hide_reserved and n.startswith(RESERVED_META):
+            continue
+        out.add(name, value)
+    out["x-amz-request-id"] = request_id
+    return out
+
+
+async def relay(ctx: Ctx, resp: aiohttp.ClientResponse, *, headers: CIMultiDict[str] | None = None) -> web.StreamResponse:
+    """Stream a backend response to the client unchanged (re-headered)."""
+    try:
+        hdrs = headers if headers is not None else response_headers(resp.headers, ctx.request_id)
+        out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=hdrs)
+        cl = resp.headers.get("Content-Length")
+        if cl is not None:
+            out.content_length = int(cl)
+        await out.prepare(ctx.request)
+        if ctx.request.method != "HEAD":
+            async for chunk in resp.content.iter_chunked(READ_BUFSIZE):
+                await out.write(chunk)
+        await out.write_eof()
+        return out
+    finally:
+        resp.release()
+
+
+async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to ``limit`` bytes of a response body (all of it if shorter)."""
+    buf = bytearray()
+    while len(buf) < limit:
+        chunk = await resp.content.read(limit - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)
+
+
+async def backend_error(ctx: Ctx, resp: aiohttp.ClientResponse) -> web.StreamResponse:
+    """Pass a backend error through with its status, code and message."""
+    return await relay(ctx, resp, headers=response_headers(resp.headers, ctx.request_id))
+
+
+class _Capture:
+    """Remembers the S3Error a body iterator raised inside the HTTP client."""
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+
+    def wrap(self, it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                async for piece in it:
+                    yield piece
+            except BaseException as e:
+                self.error = e
+                raise
+
+        return gen()
+
+
+async def send_streamed(
+    ctx: Ctx,
+    method: str,
+    bucket: str,
+    key: str,
+    *,
+    query: tuple[tuple[str, str], ...] | list[tuple[str, str]],
+    headers: Mapping[str, str],
+    body: AsyncIterator[bytes],
+    content_length: int,
+) -> aiohttp.ClientResponse:
+    """Upload a streamed body; an error in the body aborts the request and is re-raised."""
+    cap = _Capture()
+    try:
+        return await ctx.state.backend.request(
+            method, bucket, key, query=query, headers=headers, body=cap.wrap(body), content_length=content_length
+        )
+    except Exception as e:
+        if cap.error is not None:
+            raise cap.error from None
+        ctx.state.metrics.backend_errors.labels("upload").inc()
+        raise S3Error("ServiceUnavailable", "the storage backend failed during the upload", 503) from e
+
+
+async def passthrough(ctx: Ctx) -> web.StreamResponse:
+    """Re-sign and forward; the body is unchanged (aws-chunked framing removed)."""
+    request, r = ctx.request, ctx.route
+    body = RequestBody(request, ctx.caller.auth)
+    headers = forward_headers(request.headers, body_changed=False)
+    backend = ctx.state.backend
+    query = list(r.query)
+    big = r.op in ("PutObject", "UploadPart")
+    if big:
+        if body.length is None:
+            raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+        resp = await send_streamed(
+            ctx, request.method, r.bucket or "", r.key or "", query=query, headers=headers,
+            body=body.chunks(), content_length=body.length,
+        )
+    else:
+        data = await body.read_all(ctx.state.settings.limits.max_xml_body) if body.length != 0 else None
+        try:
+            resp = await backend.request(request.method, r.bucket, r.key, query=query, headers=headers, body=data or None)
+        except aiohttp.ClientError as e:
+            ctx.state.metrics.backend_errors.labels("connect").inc()
+            raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+    return await relay(ctx, resp)

@@ -1,0 +1,648 @@
+"""Object operations on encrypted buckets: PUT, GET (ranges, parts), HEAD, copy.
+
+Glue only: the byte format is ``crypto.format``/``crypto.sizes``, metadata is
+``crypto.envelope``, keys come from the app's ``KeyManager``.  Bodies stream
+both ways; nothing is read whole except part headers and small probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
+from xml.sax.saxutils import escape
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from s3proxy.crypto import sizes
+from s3proxy.crypto.envelope import (
+    Envelope,
+    decode_metadata,
+    encode_metadata,
+    make_envelope,
+    new_object_id,
+    rebind,
+    verify_binding,
+)
+from s3proxy.crypto.format import (
+    FormatError,
+    KPartDecryptor,
+    SDecryptor,
+    SEncryptor,
+    SRangeDecryptor,
+    parse_k_header,
+)
+from s3proxy.crypto.streams import KObjectDecryptor
+from s3proxy.http import sse
+from s3proxy.http.auth import RequestBody
+from s3proxy.http.errors import S3Error
+from s3proxy.http.handlers import (
+    Ctx,
+    backend_error,
+    forward_headers,
+    read_at_most,
+    relay,
+    response_headers,
+    send_streamed,
+)
+from s3proxy.http.ranges import parse_range
+
+READ_SIZE = 1 << 20
+PROBE_BYTES = 64 * 1024
+META = "x-amz-meta-"
+CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+# Backend response headers that describe ciphertext and never reach the client.
+CIPHERTEXT_HEADERS = ("content-range", "x-amz-mp-parts-count", "content-md5")
+_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
+
+
+def integrity_error() -> S3Error:
+    return S3Error(
+        "InternalError",
+        "The stored object failed authentication (tampered, truncated or misplaced ciphertext).",
+        500,
+    )
+
+
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k[len(META):].lower(): v for k, v in headers.items() if k.lower().startswith(META)}
+
+
+def parts_from_etag(etag: str | None) -> int | None:
+    if not etag:
+        return None
+    m = _ETAG_PARTS.search(etag.strip())
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class Sealed:
+    env: Envelope
+    dek: bytearray
+
+
+def plaintext_size(env: Envelope, ct_total: int, etag: str | None) -> int:
+    try:
+        if env.layout == "S":
+            return sizes.s_plaintext_size(ct_total)
+        n = parts_from_etag(etag)
+        if n is None:
+            raise integrity_error()
+        return sizes.k_object_plaintext_size(ct_total, n)
+    except FormatError:
+        raise integrity_error() from None
+
+
+def read_envelope(headers: Mapping[str, str]) -> Envelope | None:
+    try:
+        return decode_metadata(user_metadata(headers))
+    except FormatError as e:
+        raise S3Error("InvalidObjectState", f"unreadable s3proxy metadata: {type(e).__name__}", 403) from None
+
+
+async def unseal(ctx: Ctx, headers: Mapping[str, str], bucket: str, key: str, op: str) -> Sealed | None:
+    """Envelope + DEK of a stored object, its placement checked; None if not ours."""
+    env = read_envelope(headers)
+    if env is None:
+        return None
+    dek = await sse.unwrap(ctx, env, bucket, key, op)
+    try:
+        verify_binding(env, dek, bucket, key)
+    except FormatError:
+        ctx.state.metrics.integrity_failures.inc()
+        raise S3Error(
+            "AccessDenied", "The object's encryption metadata is not bound to this bucket and key.", 403
+        ) from None
+    return Sealed(env, dek)
+
+
+def unencrypted(ctx: Ctx) -> S3Error:
+    return S3Error(
+        "InvalidObjectState",
+        "This object was not written through s3proxy (no encryption metadata); refusing to serve it.",
+        403,
+    )
+
+
+def out_headers(ctx: Ctx, backend_headers: Mapping[str, str], env: Envelope) -> CIMultiDict[str]:
+    drop = [h for h in backend_headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))]
+    hdrs = response_headers(backend_headers, ctx.request_id, drop=[*CIPHERTEXT_HEADERS, *(d.lower() for d in drop)])
+    hdrs.update(sse.response_headers(ctx, env))
+    return hdrs
+
+
+def abort_connection(ctx: Ctx) -> None:
+    ctx.state.metrics.integrity_failures.inc()
+    transport = ctx.request.transport
+    if transport is not None:
+        transport.abort()
+
+
+def cond_headers(ctx: Ctx) -> dict[str, str]:
+    return {k: v for k, v in ctx.request.headers.items() if k.lower() in CONDITIONAL}
+
+
+def version_query(ctx: Ctx) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in ctx.route.query if k == "versionId"]
+
+
+# --------------------------------------------------------------------- PUT
+
+
+def write_headers(ctx: Ctx, env: Envelope) -> dict[str, str]:
+    headers = forward_headers(ctx.request.headers, body_changed=True)
+    for k, v in encode_metadata(env).items():
+        headers[META + k] = v
+    return headers
+
+
+async def put_object(ctx: Ctx) -> web.StreamResponse:
+    body = RequestBody(ctx.request, ctx.caller.auth)
+    if body.length is None:
+        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
+    if body.length > ctx.state.settings.limits.max_object_size:
+        raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.", 400)
+    bucket, key = ctx.bucket, ctx.key
+    dek, wrapped, context = await sse.data_key_for_write(ctx, bucket, key, body.length, "PutObject")
+    oid = new_object_id()
+    env = make_envelope(dek, "S", oid, wrapped, context, bucket, key)
+    enc = SEncryptor(dek, oid)
+
+    async def ciphertext() -> AsyncIterator[bytes]:
+        async for piece in body.chunks():
+            out = enc.update(piece)
+            if out:
+                yield out
+        yield enc.finalize()
+
+    resp = await send_streamed(
+        ctx, "PUT", bucket, key, query=[], headers=write_headers(ctx, env),
+        body=ciphertext(), content_length=sizes.s_ciphertext_size(body.length),
+    )
+    ctx.state.metrics.encrypted.inc(body.length)
+    ctx.state.metrics.bytes_in.inc(body.length)
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    await resp.read()
+    hdrs = out_headers(ctx, resp.headers, env)
+    hdrs.update(body.verified_checksums())
+    resp.release()
+    return web.Response(status=200, headers=hdrs)
+
+
+# --------------------------------------------------------------------- GET / HEAD
+
+
+async def head_object(ctx: Ctx) -> web.StreamResponse:
+    bucket, key = ctx.bucket, ctx.key
+    part_number = ctx.route.q("partNumber")
+    resp = await ctx.state.backend.request(
+        "HEAD", bucket, key, query=version_query(ctx), headers=cond_headers(ctx)
+    )
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    resp.release()
+    env = read_envelope(resp.headers)
+    if env is None:
+        if ctx.bucket_settings.allow_unencrypted_reads:
+            return await relay(ctx, await ctx.state.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=cond_headers(ctx)))
+        raise unencrypted(ctx)
+    sse.check_customer_key(ctx, env)
+    ct_total = int(resp.headers.get("Content-Length", "0"))
+    etag = resp.headers.get("ETag")
+    size = plaintext_size(env, ct_total, etag)
+    hdrs = out_headers(ctx, resp.headers, env)
+    status = 200
+    if part_number is not None:
+        pn = _part_number(part_number)
+        table = await part_table(ctx, bucket, key, env, etag or "", ct_total, None)
+        if pn > len(table):
+            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+        start, c_part = table[pn - 1]
+        p_start = start - (pn - 1) * (sizes.K_PART_OVERHEAD if env.layout == "K" else 0)
+        plen = c_part - sizes.K_PART_OVERHEAD if env.layout == "K" else size
+        hdrs["Content-Range"] = f"bytes {p_start}-{p_start + plen - 1}/{size}" if plen else f"bytes */{size}"
+        hdrs["x-amz-mp-parts-count"] = str(len(table))
+        size, status = plen, 206
+    hdrs["Accept-Ranges"] = "bytes"
+    out = web.StreamResponse(status=status, headers=hdrs)
+    out.content_length = size
+    await out.prepare(ctx.request)
+    await out.write_eof()
+    return out
+
+
+def _part_number(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 10000:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
+    return int(value)
+
+
+async def get_object(ctx: Ctx) -> web.StreamResponse:
+    rng = parse_range(ctx.request.headers.get("Range"))
+    if rng is None and ctx.route.q("partNumber") is None:
+        return await _get_full(ctx)
+    return await _get_partial(ctx)
+
+
+def _passthrough_query(ctx: Ctx) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in ctx.route.query if k != "partNumber"]
+
+
+async def _get_full(ctx: Ctx) -> web.StreamResponse:
+    bucket, key = ctx.bucket, ctx.key
+    resp = await ctx.state.backend.request(
+        "GET", bucket, key, query=_passthrough_query(ctx), headers=cond_headers(ctx)
+    )
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    try:
+        sealed = await unseal(ctx, resp.headers, bucket, key, "GetObject")
+        if sealed is None:
+            if ctx.bucket_settings.allow_unencrypted_reads:
+                return await relay(ctx, resp)
+            raise unencrypted(ctx)
+        sse.check_customer_key(ctx, sealed.env)
+        ct_total = int(resp.headers.get("Content-Length", "0"))
+        size = plaintext_size(sealed.env, ct_total, resp.headers.get("ETag"))
+        if sealed.env.layout == "S":
+            dec: SDecryptor | KObjectDecryptor = SDecryptor(sealed.dek, sealed.env.object_id)
+        else:
+            dec = KObjectDecryptor(sealed.dek, sealed.env.object_id, parts_from_etag(resp.headers.get("ETag")) or 0)
+    except BaseException:
+        resp.release()
+        raise
+    out = web.StreamResponse(status=200, headers=out_headers(ctx, resp.headers, sealed.env))
+    out.headers["Accept-Ranges"] = "bytes"
+    out.content_length = size
+    try:
+        await out.prepare(ctx.request)
+        sent = 0
+        try:
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                pieces = dec.update(chunk)
+                for piece in pieces if isinstance(pieces, list) else (pieces,):
+                    if piece:
+                        sent += len(piece)
+                        await out.write(piece)
+            tail = dec.finalize()
+            if tail:
+                sent += len(tail)
+                await out.write(tail)
+        except BaseException as e:
+            # Headers are out: the only honest signal left is a broken connection.
+            abort_connection(ctx)
+            raise ConnectionResetError(f"GetObject aborted mid-body: {type(e).__name__}") from None
+        if sent != size:
+            abort_connection(ctx)
+            raise ConnectionResetError("size mismatch")
+        ctx.state.metrics.decrypted.inc(size)
+        ctx.state.metrics.bytes_out.inc(size)
+        await out.write_eof()
+        return out
+    finally:
+        resp.release()
+
+
+async def fetch_bytes(ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, query: list[tuple[str, str]]) -> bytes:
+    """Ciphertext [start, end) of a stored object, pinned to ``etag``."""
+    if end <= start:
+        return b""
+    resp = await ctx.state.backend.request(
+        "GET", bucket, key, query=query, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
+    )
+    try:
+        if resp.status not in (200, 206):
+            raise S3Error("PreconditionFailed", "The object changed while it was being read.", 412) if resp.status == 412 else integrity_error()
+        data = await resp.read()
+    finally:
+        resp.release()
+    if resp.status == 200:
+        data = data[start:end]
+    if len(data) != end - start:
+        raise integrity_error()
+    return data
+
+
+async def part_table(
+    ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None
+) -> list[tuple[int, int]]:
+    """[(ciphertext offset, ciphertext length)] of each part, by position."""
+    if env.layout == "S":
+        return [(0, ct_total)]
+    cache_key = (bucket, key, etag)
+    cached = ctx.state.part_tables.get(cache_key)
+    if cached is not None:
+        return [(cached[2 * i], cached[2 * i + 1]) for i in range(len(cached) // 2)]
+    n = parts_from_etag(etag)
+    if n is None or n < 1:
+        raise integrity_error()
+    q = version_query(ctx)
+    H, O = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
+    if first_header is None:
+        first_header = await fetch_bytes(ctx, bucket, key, 0, H, etag, q)
+    c1 = _header_len(first_header)
+    table: list[tuple[int, int]] | None = None
+    last = ct_total - (n - 1) * c1
+    if O <= last <= c1:
+        guess = [(i * c1, c1) for i in range(n - 1)] + [((n - 1) * c1, last)]
+        # Check the guess against the authenticated length in each part header.
+        headers = await asyncio.gather(*(fetch_bytes(ctx, bucket, key, off, off + H, etag, q) for off, _ in guess[1:]))
+        if all(_header_len(h) == c for h, (_, c) in zip(headers, guess[1:], strict=True)):
+            table = guess
+    if table is None:
+        table, off = [], 0
+        for _ in range(n):
+            h = first_header if off == 0 else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
+            c = _header_len(h)
+            table.append((off, c))
+            off += c
+        if off != ct_total:
+            raise integrity_error()
+    if len(ctx.state.part_tables) > 1024:
+        ctx.state.part_tables.clear()
+    ctx.state.part_tables[cache_key] = tuple(x for pair in table for x in pair)
+    return table
+
+
+def _header_len(header: bytes) -> int:
+    try:
+        return parse_k_header(header).plaintext_length + sizes.K_PART_OVERHEAD
+    except FormatError:
+        raise integrity_error() from None
+
+
+async def _get_partial(ctx: Ctx) -> web.StreamResponse:
+    bucket, key = ctx.bucket, ctx.key
+    q = version_query(ctx)
+    probe = await ctx.state.backend.request(
+        "GET", bucket, key, query=_passthrough_query(ctx),
+        headers={**cond_headers(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
+    )
+    if probe.status not in (200, 206):
+        if probe.status == 416:
+            probe.release()
+            return await _foreign_or_refuse(ctx)
+        return await backend_error(ctx, probe)
+    try:
+        head = await read_at_most(probe, PROBE_BYTES)
+        if probe.status == 206:
+            total = int(probe.headers.get("Content-Range", "/0").rsplit("/", 1)[1])
+        else:
+            total = int(probe.headers.get("Content-Length", "0"))
+    finally:
+        probe.release()
+    etag = probe.headers.get("ETag", "")
+    sealed = await unseal(ctx, probe.headers, bucket, key, "GetObject")
+    if sealed is None:
+        return await _foreign_or_refuse(ctx)
+    env = sealed.env
+    sse.check_customer_key(ctx, env)
+    size = plaintext_size(env, total, etag)
+    table = await part_table(ctx, bucket, key, env, etag, total, head[: sizes.K_HEADER_SIZE] if env.layout == "K" else None)
+    part_number = ctx.route.q("partNumber")
+    hdrs = out_headers(ctx, probe.headers, env)
+    hdrs["Accept-Ranges"] = "bytes"
+    if part_number is not None:
+        pn = _part_number(part_number)
+        if pn > len(table):
+            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+        O = sizes.K_PART_OVERHEAD if env.layout == "K" else 0
+        start = table[pn - 1][0] - (pn - 1) * O
+        end = start + (table[pn - 1][1] - O if env.layout == "K" else size)
+        hdrs["x-amz-mp-parts-count"] = str(len(table))
+    else:
+        rng = parse_range(ctx.request.headers.get("Range"))
+        assert rng is not None
+        start, end = rng.resolve(size)
+    length = end - start
+    hdrs["Content-Range"] = f"bytes {start}-{end - 1}/{size}" if length else f"bytes */{size}"
+    pieces = _decrypt_range(ctx, sealed, table, total, start, end, etag, head, q)
+    out = web.StreamResponse(status=206, headers=hdrs)
+    out.content_length = length
+    first: bytes | None = None
+    try:
+        # Produce the first authenticated piece before committing to a 206.
+        first = await anext(pieces, b"")
+    except FormatError:
+        ctx.state.metrics.integrity_failures.inc()
+        raise integrity_error() from None
+    await out.prepare(ctx.request)
+    sent = 0
+    try:
+        if first:
+            sent += len(first)
+            await out.write(first)
+        async for piece in pieces:
+            sent += len(piece)
+            await out.write(piece)
+    except BaseException as e:
+        abort_connection(ctx)
+        raise ConnectionResetError(f"ranged GetObject aborted mid-body: {type(e).__name__}") from None
+    if sent != length:
+        abort_connection(ctx)
+        raise ConnectionResetError("size mismatch")
+    ctx.state.metrics.decrypted.inc(length)
+    ctx.state.metrics.bytes_out.inc(length)
+    await out.write_eof()
+    return out
+
+
+async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
+    if not ctx.bucket_settings.allow_unencrypted_reads:
+        raise unencrypted(ctx)
+    hdrs = cond_headers(ctx)
+    if "Range" in ctx.request.headers:
+        hdrs["Range"] = ctx.request.headers["Range"]
+    return await relay(ctx, await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=list(ctx.route.query), headers=hdrs))
+
+
+async def _stream_ciphertext(
+    ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, q: list[tuple[str, str]], head: bytes
+) -> AsyncIterator[bytes]:
+    if end <= len(head):
+        yield head[start:end]
+        return
+    resp = await ctx.state.backend.request(
+        "GET", bucket, key, query=q, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
+    )
+    try:
+        if resp.status != 206:
+            raise integrity_error() if resp.status != 412 else S3Error("PreconditionFailed", "The object changed while it was being read.", 412)
+        async for chunk in resp.content.iter_chunked(READ_SIZE):
+            yield chunk
+    finally:
+        resp.release()
+
+
+async def _decrypt_range(
+    ctx: Ctx, sealed: Sealed, table: list[tuple[int, int]], total: int, start: int, end: int, etag: str,
+    head: bytes, q: list[tuple[str, str]], bucket: str | None = None, key: str | None = None,
+) -> AsyncIterator[bytes]:
+    """Authenticated plaintext [start, end), fetching only the chunks needed."""
+    env, dek = sealed.env, sealed.dek
+    bucket, key = bucket or ctx.bucket, key or ctx.key
+    if start >= end:
+        return
+    if env.layout == "S":
+        p = total and sizes.s_plaintext_size(total)
+        span = sizes.s_span(p, start, end)
+        dec = SRangeDecryptor(dek, env.object_id, head[: sizes.S_HEADER_SIZE], p, span)
+        async for chunk in _stream_ciphertext(ctx, bucket, key, span.ct_start, span.ct_end, etag, q, head):
+            out = dec.update(chunk)
+            if out:
+                yield out
+        tail = dec.finalize()
+        if tail:
+            yield tail
+        return
+    O, H = sizes.K_PART_OVERHEAD, sizes.K_HEADER_SIZE
+    p_off = 0
+    last_pn = 0
+    for off, c_part in table:
+        p_part = c_part - O
+        a, b = max(start, p_off), min(end, p_off + p_part)
+        p_off += p_part
+        if a >= b:
+            continue
+        header = head[off: off + H] if off + H <= len(head) else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
+        span = sizes.k_span(p_part, a - (p_off - p_part), b - (p_off - p_part))
+        kd = KPartDecryptor(dek, env.object_id, header, c_part, span)
+        if kd.part_number <= last_pn:
+            raise integrity_error()
+        last_pn = kd.part_number
+        async for chunk in _stream_ciphertext(ctx, bucket, key, off + span.ct_start, off + span.ct_end, etag, q, head):
+            out = kd.update(chunk)
+            if out:
+                yield out
+        tail = kd.finalize()
+        if tail:
+            yield tail
+
+
+# --------------------------------------------------------------------- attributes
+
+
+async def get_object_attributes(ctx: Ctx) -> web.StreamResponse:
+    from s3proxy.http.listing import rewrite_attributes
+
+    resp = await ctx.state.backend.request(
+        "GET", ctx.bucket, ctx.key, query=list(ctx.route.query),
+        headers=forward_headers(ctx.request.headers, body_changed=False),
+    )
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    body = await resp.read()
+    resp.release()
+    head = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key, query=version_query(ctx))
+    head.release()
+    env = read_envelope(head.headers) if head.status == 200 else None
+    if env is not None:
+        body = rewrite_attributes(body, env.layout)
+    hdrs = response_headers(resp.headers, ctx.request_id)
+    return web.Response(status=200, body=body, headers=hdrs)
+
+
+# --------------------------------------------------------------------- copy
+
+
+def parse_copy_source(value: str) -> tuple[str, str, str | None]:
+    src, _, qs = value.partition("?")
+    src = unquote(src)
+    if src.startswith("/"):
+        src = src[1:]
+    bucket, sep, key = src.partition("/")
+    if not sep or not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: sourcebucket/sourcekey", 400)
+    version = None
+    for part in qs.split("&"):
+        k, _, v = part.partition("=")
+        if k == "versionId":
+            version = unquote(v)
+    return bucket, key, version
+
+
+def check_source_access(ctx: Ctx, bucket: str, key: str) -> None:
+    from s3proxy.http.handlers import allowed
+
+    ident = ctx.caller.identity
+    if ident is None or not allowed(ident, "read", bucket, key, None):
+        raise S3Error("AccessDenied", "Access Denied", 403)
+
+
+async def copy_object(ctx: Ctx) -> web.StreamResponse:
+    from s3proxy.http import multipart
+
+    src_bucket, src_key, src_version = parse_copy_source(ctx.request.headers["x-amz-copy-source"])
+    check_source_access(ctx, src_bucket, src_key)
+    if ctx.state.settings.bucket(src_bucket).mode != "encrypt":
+        raise S3Error("NotImplemented", "copying from a passthrough bucket into an encrypted one is not supported", 501)
+    vq = [("versionId", src_version)] if src_version else []
+    head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq)
+    head.release()
+    if head.status != 200:
+        if head.status == 404:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        raise S3Error("AccessDenied" if head.status == 403 else "InternalError", "cannot read the copy source", head.status)
+    env = read_envelope(head.headers)
+    if env is None:
+        raise unencrypted(ctx)
+    sse.check_copy_source_key(ctx, env)
+    src_dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
+    try:
+        verify_binding(env, src_dek, src_bucket, src_key)
+    except FormatError:
+        raise S3Error("AccessDenied", "The source object's encryption metadata is not bound to its name.", 403) from None
+    new_env = await sse.rewrap_for(ctx, env, src_dek, src_bucket, ctx.bucket, ctx.key)
+    directive = ctx.request.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive == "REPLACE":
+        headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"])
+    else:
+        headers = {k: v for k, v in head.headers.items() if k.lower().startswith(META) and not k.lower().startswith(META + "s3proxy-")}
+        for h in ("Content-Type", "Content-Encoding", "Content-Disposition", "Content-Language", "Cache-Control", "Expires", "x-amz-website-redirect-location"):
+            if h in head.headers:
+                headers[h.lower()] = head.headers[h]
+        for k, v in forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"]).items():
+            if k.startswith(("x-amz-tagging", "x-amz-storage-class", "x-amz-acl", "x-amz-grant", "x-amz-object-lock")):
+                headers[k] = v
+    for k, v in encode_metadata(new_env).items():
+        headers[META + k] = v
+    for k, v in ctx.request.headers.items():
+        if k.lower().startswith("x-amz-copy-source-if-"):
+            headers[k.lower()] = v
+    if env.layout == "K":
+        return await multipart.copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers)
+    headers["x-amz-copy-source"] = ctx.state.backend.path_for(src_bucket, src_key) + (
+        f"?versionId={src_version}" if src_version else ""
+    )
+    headers["x-amz-metadata-directive"] = "REPLACE"
+    resp = await ctx.state.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    body = await resp.read()
+    resp.release()
+    hdrs = response_headers(resp.headers, ctx.request_id, drop=["content-length"])
+    hdrs.update(sse.response_headers(ctx, new_env))
+    return web.Response(status=200, body=body, headers=hdrs)
+
+
+def copy_result_xml(etag: str, last_modified: str, tag: str = "CopyObjectResult") -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{tag} xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<LastModified>{escape(last_modified)}</LastModified><ETag>{escape(etag)}</ETag></{tag}>"
+    ).encode()
+
+
+__all__ = [
+    "Sealed",
+    "copy_object",
+    "get_object",
+    "get_object_attributes",
+    "head_object",
+    "put_object",
+    "rebind",
+]

@@ -1,0 +1,181 @@
+"""Server-side-encryption request semantics: SSE-KMS headers and SSE-C.
+
+SSE-KMS headers let a client choose the key (where policy allows it) and add
+encryption context.  SSE-C headers carry a customer key that wraps the
+object's data key; neither the backend nor the key service ever sees it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from s3proxy.crypto.envelope import Envelope, rebind
+from s3proxy.http.errors import S3Error
+from s3proxy.keys.base import InvalidWrappedKey, WrappedKey
+from s3proxy.keys.manager import AuditInfo
+
+if TYPE_CHECKING:
+    from s3proxy.http.handlers import Ctx
+
+SSE = "x-amz-server-side-encryption"
+KMS_KEY = "x-amz-server-side-encryption-aws-kms-key-id"
+KMS_CTX = "x-amz-server-side-encryption-context"
+C_ALG = "x-amz-server-side-encryption-customer-algorithm"
+C_KEY = "x-amz-server-side-encryption-customer-key"
+C_MD5 = "x-amz-server-side-encryption-customer-key-md5"
+CS_PREFIX = "x-amz-copy-source-"
+
+
+@dataclass(frozen=True)
+class CustomerKey:
+    key: bytes
+    md5_b64: str
+
+
+def customer_key(headers: Mapping[str, str], prefix: str = "", *, secure: bool, require_https: bool) -> CustomerKey | None:
+    alg = headers.get(prefix + C_ALG)
+    key_b64 = headers.get(prefix + C_KEY)
+    md5 = headers.get(prefix + C_MD5)
+    if alg is None and key_b64 is None and md5 is None:
+        return None
+    if alg != "AES256":
+        raise S3Error("InvalidEncryptionAlgorithmError", "The encryption request you specified is not valid. The valid value is AES256.", 400)
+    if not key_b64 or not md5:
+        raise S3Error("InvalidRequest", "The SSE-C request must provide the customer key and its MD5.", 400)
+    try:
+        key = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.", 400) from None
+    if len(key) != 32:
+        raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.", 400)
+    expect = base64.b64encode(hashlib.md5(key).digest()).decode()
+    if not hmac.compare_digest(expect, md5.strip()):
+        raise S3Error("InvalidArgument", "The calculated MD5 hash of the key did not match the hash that was provided.", 400)
+    if require_https and not secure:
+        raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection.", 400)
+    return CustomerKey(key, expect)
+
+
+def _ck(ctx: Ctx, prefix: str = "") -> CustomerKey | None:
+    return customer_key(
+        ctx.request.headers, prefix, secure=ctx.request.secure,
+        require_https=ctx.state.settings.require_https_for_sse_c,
+    )
+
+
+def _extra_context(ctx: Ctx) -> dict[str, str]:
+    raw = ctx.request.headers.get(KMS_CTX)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(base64.b64decode(raw, validate=True))
+    except (binascii.Error, ValueError):
+        raise S3Error("InvalidArgument", "The encryption context must be base64-encoded JSON.", 400) from None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise S3Error("InvalidArgument", "The encryption context must be a JSON object of strings.", 400)
+    if "bucket" in value:
+        raise S3Error("InvalidArgument", "The encryption context key 'bucket' is reserved.", 400)
+    return value
+
+
+def audit_info(ctx: Ctx, op: str, bucket: str, key: str) -> AuditInfo:
+    return AuditInfo(request_id=ctx.request_id, identity=ctx.identity_name, operation=op, bucket=bucket, key=key)
+
+
+def requested_key_id(ctx: Ctx) -> str | None:
+    mode = ctx.request.headers.get(SSE)
+    if mode is None:
+        if KMS_KEY in ctx.request.headers:
+            raise S3Error("InvalidArgument", "Server Side Encryption with KMS key id requires x-amz-server-side-encryption: aws:kms.", 400)
+        return None
+    if mode not in ("aws:kms", "AES256", "aws:kms:dsse"):
+        raise S3Error("InvalidArgument", "The encryption method specified is not supported", 400)
+    return ctx.request.headers.get(KMS_KEY) if mode.startswith("aws:kms") else None
+
+
+async def data_key_for_write(ctx: Ctx, bucket: str, key: str, nbytes: int | None, op: str) -> tuple[bytearray, WrappedKey, dict[str, str]]:
+    ck = _ck(ctx)
+    if ck is not None:
+        if SSE in ctx.request.headers:
+            raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with the encryption method specified", 400)
+        dek = bytearray(os.urandom(32))
+        context = {"bucket": bucket}
+        wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, context)
+        return dek, wrapped, context
+    extra = _extra_context(ctx)
+    dk = await ctx.state.keys.data_key_for_write(
+        bucket=bucket, key=key, requested_key_id=requested_key_id(ctx), extra_context=extra or None,
+        object_bytes=nbytes, audit=audit_info(ctx, op, bucket, key),
+    )
+    return dk.plaintext, dk.wrapped, {"bucket": bucket, **extra}
+
+
+async def unwrap(ctx: Ctx, env: Envelope, bucket: str, key: str, op: str, *, copy_source: bool = False) -> bytearray:
+    return await unwrap_key(ctx, env.wrapped, env.context, bucket, key, op, copy_source=copy_source)
+
+
+async def unwrap_key(
+    ctx: Ctx, wrapped: WrappedKey, context: Mapping[str, str], bucket: str, key: str, op: str, *, copy_source: bool = False
+) -> bytearray:
+    if wrapped.backend == "sse-c":
+        ck = _ck(ctx, CS_PREFIX if copy_source else "")
+        if ck is None:
+            raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.", 400)
+        try:
+            return ctx.state.keys.sse_c_unwrap(ck.key, wrapped, dict(context))  # type: ignore[no-any-return]
+        except InvalidWrappedKey:
+            raise S3Error("AccessDenied", "The provided SSE-C key does not match the object's key.", 403) from None
+    return await ctx.state.keys.data_key_for_read(wrapped, dict(context), audit_info(ctx, op, bucket, key))  # type: ignore[no-any-return]
+
+
+def check_customer_key(ctx: Ctx, env: Envelope) -> None:
+    """HEAD/GET: SSE-C objects need the key; others must not be sent one."""
+    ck = _ck(ctx)
+    if env.wrapped.backend == "sse-c":
+        if ck is None:
+            raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.", 400)
+        if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
+            raise S3Error("AccessDenied", "The provided SSE-C key does not match the object's key.", 403)
+    elif ck is not None:
+        raise S3Error("InvalidRequest", "The encryption parameters are not applicable to this object.", 400)
+
+
+def check_copy_source_key(ctx: Ctx, env: Envelope) -> None:
+    ck = _ck(ctx, CS_PREFIX)
+    if env.wrapped.backend == "sse-c" and ck is None:
+        raise S3Error("InvalidRequest", "The source object was stored using SSE-C; provide the copy-source customer key.", 400)
+
+
+def response_headers(ctx: Ctx, env: Envelope) -> dict[str, str]:
+    if env.wrapped.backend == "sse-c":
+        return {C_ALG: "AES256", C_MD5: env.wrapped.key_id}
+    return {SSE: "aws:kms", KMS_KEY: ctx.state.keys.key_id_for_display(env.wrapped)}
+
+
+async def rewrap_for(ctx: Ctx, env: Envelope, dek: bytearray, src_bucket: str, dst_bucket: str, dst_key: str) -> Envelope:
+    """The envelope for a copy of ``env`` at (dst_bucket, dst_key): same DEK and body."""
+    ck = _ck(ctx)
+    new_ctx = {**dict(env.context), "bucket": dst_bucket}
+    if ck is not None:
+        wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, new_ctx)
+        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx)
+    requested = requested_key_id(ctx)
+    if env.wrapped.backend == "sse-c" or requested is not None or src_bucket != dst_bucket:
+        keys = ctx.state.keys
+        to_key = keys.policy.choose(dst_bucket, dst_key, requested)
+        audit = audit_info(ctx, "CopyObject", dst_bucket, dst_key)
+        if env.wrapped.backend == "sse-c":
+            backend = keys.write_backend
+            wrapped = await backend.wrap_data_key(to_key, dek, new_ctx)
+        else:
+            wrapped = await keys.rewrap(env.wrapped, dict(env.context), to_key, new_ctx, audit=audit)
+        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx)
+    return rebind(env, dek, dst_bucket, dst_key)

@@ -1,0 +1,344 @@
+"""Envelope metadata and upload tokens (docs/FORMAT.md 3): encoding, binding, every malformation."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s3proxy.crypto.envelope import (
+    ENVELOPE_KEYS,
+    METADATA_BUDGET,
+    RESERVED_PREFIX,
+    EncryptionContext,
+    Envelope,
+    decode_metadata,
+    decode_upload_token,
+    encode_metadata,
+    encode_upload_token,
+    is_reserved,
+    make_envelope,
+    new_object_id,
+    rebind,
+    verify_binding,
+)
+from s3proxy.crypto.format import (
+    BindingMismatch,
+    InvalidUploadToken,
+    MalformedMetadata,
+    MetadataTooLarge,
+    UnsupportedFormatVersion,
+)
+from s3proxy.keys.base import WrappedKey
+
+DEK = bytes(range(32))
+OTHER_DEK = bytes(range(1, 33))
+OID = bytes(range(16))
+WRAPPED = WrappedKey("local", "k1", "AES256-GCM", bytes(range(60)))
+CTX = {"bucket": "photos"}
+
+
+def env(layout: str = "S", bucket: str = "photos", key: str = "a/b.jpg") -> Envelope:
+    return make_envelope(DEK, layout, OID, WRAPPED, CTX, bucket, key)  # type: ignore[arg-type]
+
+
+def b64u(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_round_trip() -> None:
+    e = env()
+    meta = encode_metadata(e)
+    assert set(meta) == set(ENVELOPE_KEYS)
+    assert all(k.startswith(RESERVED_PREFIX) for k in meta)
+    assert meta["s3proxy-v"] == "1"
+    assert meta["s3proxy-layout"] == "S"
+    assert decode_metadata(meta) == e
+    verify_binding(e, DEK, "photos", "a/b.jpg")
+
+
+def test_values_are_header_safe_and_small() -> None:
+    e = make_envelope(
+        DEK, "K", OID, WrappedKey("pkcs11", "ключ; 100%\r\n", "AES-KWP", bytes(500)), {"b": "ü\n\"x"}, "b", "k"
+    )
+    meta = encode_metadata(e)
+    for k, v in meta.items():
+        assert k.isascii() and v.isascii()
+        assert all(0x21 <= ord(ch) <= 0x7E for ch in v), (k, v)
+    assert sum(len(k) + len(v) for k, v in meta.items()) <= METADATA_BUDGET
+    assert decode_metadata(meta) == e
+
+
+def test_decode_accepts_any_key_case_and_ignores_other_metadata() -> None:
+    e = env()
+    meta = {k.upper(): v for k, v in encode_metadata(e).items()}
+    meta["color"] = "blue"
+    meta["s3proxy-other"] = "reserved for the proxy, not the envelope"
+    assert decode_metadata(meta) == e
+
+
+def test_missing_metadata_is_none() -> None:
+    assert decode_metadata({}) is None
+    assert decode_metadata({"color": "blue", "s3proxy-other": "x"}) is None
+
+
+def test_unknown_version() -> None:
+    meta = encode_metadata(env())
+    for v in ("2", "0", "01", "", "v1"):
+        with pytest.raises(UnsupportedFormatVersion):
+            decode_metadata({**meta, "s3proxy-v": v})
+    # the version is checked before anything else: a v2 object with other fields fails on the version
+    with pytest.raises(UnsupportedFormatVersion):
+        decode_metadata({"s3proxy-v": "2", "s3proxy-new-field": "x"})
+
+
+@pytest.mark.parametrize("missing", ENVELOPE_KEYS)
+def test_missing_field(missing: str) -> None:
+    meta = encode_metadata(env())
+    del meta[missing]
+    with pytest.raises(MalformedMetadata):
+        decode_metadata(meta)
+
+
+GOOD = encode_metadata(env())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("s3proxy-layout", "X"),
+        ("s3proxy-layout", "s"),
+        ("s3proxy-id", b64u(bytes(15))),
+        ("s3proxy-id", b64u(bytes(17))),
+        ("s3proxy-id", b64u(bytes(16)) + "="),
+        ("s3proxy-id", "AAAAAAAAAAAAAAAAAAAAAB"),  # non-zero trailing bits
+        ("s3proxy-id", "AAAA AAAAAAAAAAAAAAAAA"),
+        ("s3proxy-id", "A"),
+        ("s3proxy-mac", b64u(bytes(31))),
+        ("s3proxy-mac", "!" * 43),
+        ("s3proxy-key", "local;k1;AES256-GCM"),
+        ("s3proxy-key", "local;k1;AES256-GCM;AAAA;extra"),
+        ("s3proxy-key", ";k1;AES256-GCM;AAAA"),
+        ("s3proxy-key", "local;k%31;AES256-GCM;AAAA"),  # non-canonical percent-encoding
+        ("s3proxy-key", "local;k%zz;AES256-GCM;AAAA"),
+        ("s3proxy-key", "local;k%FF;AES256-GCM;AAAA"),  # not UTF-8
+        ("s3proxy-key", "local;k 1;AES256-GCM;AAAA"),
+        ("s3proxy-key", "local;k1;AES256-GCM;AA=="),
+        ("s3proxy-ctx", b64u(b'{"bucket": "photos"}')),  # not canonical
+        ("s3proxy-ctx", b64u(b'{"b":"1","a":"2"}')),  # keys not sorted
+        ("s3proxy-ctx", b64u(b'{"a":"1","a":"2"}')),  # duplicate key
+        ("s3proxy-ctx", b64u(b'{"a":1}')),
+        ("s3proxy-ctx", b64u(b'["a"]')),
+        ("s3proxy-ctx", b64u(b"not json")),
+        ("s3proxy-ctx", b64u(b'{"a":"\\u00fc"}')),  # escaped non-ASCII is not canonical
+        ("s3proxy-ctx", b64u(b"\xff")),
+    ],
+)
+def test_malformed_fields(field: str, value: str) -> None:
+    with pytest.raises(MalformedMetadata):
+        decode_metadata({**GOOD, field: value})
+
+
+def test_context_is_canonical_json() -> None:
+    c = EncryptionContext({"z": "1", "a": "ü"})
+    assert c.canonical_json() == '{"a":"ü","z":"1"}'.encode()
+    assert list(c) == ["a", "z"]
+    assert c == {"a": "ü", "z": "1"}
+    assert c["a"] == "ü"
+    assert hash(c) == hash(EncryptionContext({"a": "ü", "z": "1"}))
+    with pytest.raises(KeyError):
+        c["missing"]
+    with pytest.raises(TypeError):
+        EncryptionContext({"a": 1})  # type: ignore[dict-item]
+
+
+def test_envelope_is_frozen_and_hashable() -> None:
+    e = env()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        e.layout = "K"  # type: ignore[misc]
+    assert hash(e) == hash(env())
+
+
+# -- binding ---------------------------------------------------------------------------
+
+
+def test_binding_detects_placement_and_metadata_changes() -> None:
+    e = env()
+    with pytest.raises(BindingMismatch):
+        verify_binding(e, DEK, "photos2", "a/b.jpg")
+    with pytest.raises(BindingMismatch):
+        verify_binding(e, DEK, "photos", "a/b.jpg ")
+    with pytest.raises(BindingMismatch):
+        verify_binding(e, OTHER_DEK, "photos", "a/b.jpg")
+    # field boundaries are unambiguous: moving a character between bucket and key fails
+    with pytest.raises(BindingMismatch):
+        verify_binding(e, DEK, "photosa", "/b.jpg")
+    for changed in (
+        dataclasses.replace(e, layout="K"),
+        dataclasses.replace(e, object_id=bytes(16)),
+        dataclasses.replace(e, wrapped=dataclasses.replace(WRAPPED, key_id="k2")),
+        dataclasses.replace(e, wrapped=dataclasses.replace(WRAPPED, backend="aws-kms")),
+        dataclasses.replace(e, wrapped=dataclasses.replace(WRAPPED, algorithm="X")),
+        dataclasses.replace(e, wrapped=dataclasses.replace(WRAPPED, blob=bytes(60))),
+        dataclasses.replace(e, context=EncryptionContext({"bucket": "other"})),
+        dataclasses.replace(e, binding=bytes(32)),
+    ):
+        with pytest.raises(BindingMismatch):
+            verify_binding(changed, DEK, "photos", "a/b.jpg")
+    # and through the metadata encoding too
+    meta = encode_metadata(e)
+    meta["s3proxy-layout"] = "K"
+    decoded = decode_metadata(meta)
+    assert decoded is not None
+    with pytest.raises(BindingMismatch):
+        verify_binding(decoded, DEK, "photos", "a/b.jpg")
+
+
+def test_rebind_for_copy_and_rewrap() -> None:
+    e = env()
+    copy = rebind(e, DEK, "archive", "x/y")
+    assert (copy.object_id, copy.wrapped, copy.context, copy.layout) == (e.object_id, e.wrapped, e.context, e.layout)
+    verify_binding(copy, DEK, "archive", "x/y")
+    with pytest.raises(BindingMismatch):
+        verify_binding(copy, DEK, "photos", "a/b.jpg")
+    new_wrapped = WrappedKey("aws-kms", "alias/new", "KMS", b"\x01" * 100)
+    rewrapped = rebind(e, DEK, "photos", "a/b.jpg", wrapped=new_wrapped, context={"bucket": "photos", "v": "2"})
+    assert rewrapped.wrapped == new_wrapped
+    assert rewrapped.context == {"bucket": "photos", "v": "2"}
+    assert rewrapped.object_id == e.object_id
+    verify_binding(rewrapped, DEK, "photos", "a/b.jpg")
+    assert decode_metadata(encode_metadata(rewrapped)) == rewrapped
+
+
+def test_make_envelope_validates() -> None:
+    with pytest.raises(ValueError):
+        make_envelope(DEK, "X", OID, WRAPPED, CTX, "b", "k")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        make_envelope(DEK, "S", bytes(15), WRAPPED, CTX, "b", "k")
+    with pytest.raises(ValueError):
+        make_envelope(bytes(16), "S", OID, WRAPPED, CTX, "b", "k")
+
+
+def test_too_large() -> None:
+    big = make_envelope(DEK, "S", OID, WrappedKey("local", "k", "A", bytes(1200)), CTX, "b", "k")
+    with pytest.raises(MetadataTooLarge):
+        encode_metadata(big)
+
+
+def test_object_ids_are_random() -> None:
+    ids = {new_object_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(len(i) == 16 for i in ids)
+
+
+def test_is_reserved() -> None:
+    assert is_reserved("s3proxy-v")
+    assert is_reserved("S3Proxy-anything")
+    assert not is_reserved("s3proxy")
+    assert not is_reserved("color")
+
+
+def test_no_dek_in_repr_or_errors() -> None:
+    e = env()
+    assert DEK.hex() not in repr(e) and repr(DEK) not in repr(e)
+    with pytest.raises(BindingMismatch) as info:
+        verify_binding(e, OTHER_DEK, "photos", "a/b.jpg")
+    assert OTHER_DEK.hex() not in str(info.value)
+
+
+text_st = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.sampled_from(["S", "K"]),
+    st.binary(min_size=16, max_size=16),
+    text_st.filter(bool),
+    text_st,
+    text_st,
+    st.binary(max_size=300),
+    st.dictionaries(text_st, text_st, max_size=4),
+    text_st,
+    text_st,
+)
+def test_round_trip_property(
+    layout: str,
+    object_id: bytes,
+    backend: str,
+    key_id: str,
+    algorithm: str,
+    blob: bytes,
+    ctx: dict[str, str],
+    bucket: str,
+    key: str,
+) -> None:
+    w = WrappedKey(backend, key_id, algorithm, blob)
+    e = make_envelope(DEK, layout, object_id, w, ctx, bucket, key)  # type: ignore[arg-type]
+    try:
+        meta = encode_metadata(e)
+    except MetadataTooLarge:
+        return
+    assert all(v.isascii() and v == v.strip() and "\n" not in v for v in meta.values())
+    d = decode_metadata(meta)
+    assert d == e
+    verify_binding(d, DEK, bucket, key)
+    token = decode_upload_token(encode_upload_token(e))
+    assert token == (object_id, w, EncryptionContext(ctx))
+
+
+# -- upload token --------------------------------------------------------------------------
+
+
+def test_upload_token_round_trip_and_alphabet() -> None:
+    e = env("K")
+    token = encode_upload_token(e)
+    assert all(ch.isalnum() or ch in "-_" for ch in token)
+    object_id, wrapped, context = decode_upload_token(token)
+    assert (object_id, wrapped, context) == (OID, WRAPPED, CTX)
+    decoded = decode_upload_token(token)
+    assert decoded.object_id == OID
+
+
+def test_upload_token_is_compact() -> None:
+    token = encode_upload_token(env("K"))
+    # version + id + 5 length prefixes + strings + 60-byte blob + context
+    raw = 1 + 16 + 8 + len("local") + len("k1") + len("AES256-GCM") + 60 + len(json.dumps(CTX, separators=(",", ":")))
+    assert len(token) == -(-raw * 4 // 3)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "!!!!",
+        "A",
+        "AQ",
+        b64u(b"\x01" + bytes(15)),
+        b64u(b"\x01" + bytes(16)),
+        b64u(b"\x01" + bytes(16) + b"\x05ab"),
+    ],
+)
+def test_upload_token_malformed(token: str) -> None:
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(token)
+
+
+def test_upload_token_trailing_and_version() -> None:
+    token = encode_upload_token(env("K"))
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(b64u(raw + b"\x00"))
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(b64u(raw[:-1]))
+    with pytest.raises(UnsupportedFormatVersion):
+        decode_upload_token(b64u(b"\x02" + raw[1:]))
+    bad_ctx = raw[: -len(b'{"bucket":"photos"}')] + b'{"bucket":"photoX"}'
+    assert decode_upload_token(b64u(bad_ctx)).context == {"bucket": "photoX"}
+    spaced = b'{"bucket": "photo"}'
+    not_canonical = raw[: -len(b'{"bucket":"photos"}') - 2] + len(spaced).to_bytes(2, "big") + spaced
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(b64u(not_canonical))
