@@ -9,7 +9,7 @@ Primitives, all pure and sans-IO:
   ciphertext bytes to fetch.
 - ``format``: the body streams. ``SEncryptor`` / ``SDecryptor`` (one
   Cobblestone-256 message per S body), ``SRangeDecryptor`` (random access),
-  ``KPartEncryptor`` / ``KPartDecryptor`` (one K part: 62-byte header plus
+  ``KPartEncryptor`` / ``KPartDecryptor`` (one K part: 70-byte header plus
   1024 AES-256-GCM chunks), ``KObjectDecryptor`` (whole K object), and one
   exception class per named error, all under ``FormatError``.
 - ``envelope``: the metadata. ``Envelope`` (version, layout, object id,

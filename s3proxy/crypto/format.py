@@ -1,7 +1,7 @@
 """Encrypted body format: S bodies (Cobblestone-256) and K parts (docs/FORMAT.md).
 
-Pure and sans-IO: every class takes bytes in ``update()`` and returns bytes,
-and never touches a socket or the event loop. The async adapters in
+Pure and sans-IO: every class takes bytes-like input in ``update()``,
+returns bytes-like output, and never touches a socket or the event loop. The async adapters in
 ``crypto.streams`` drive these objects.
 
 Rules that hold for every class here:
@@ -13,9 +13,11 @@ Rules that hold for every class here:
   allocation per call (each call plans its output size, then encrypts or
   decrypts straight into it). Returning ``bytes`` would need a second
   MiB-sized allocation per call, which measured 5-8x slower with glibc.
-- The DEK is never stored on an object, never shown in a repr and never put
-  in an exception message. Derived keys live only inside ``AESGCM`` objects
-  (created once per body or part) and the Rust Cobblestone state.
+- The DEK is never shown in a repr nor put in an exception message, and not
+  stored on an object (except ``KObjectDecryptor``, which keeps a copy it
+  zeroes once the last part is read). Derived keys live only inside
+  ``AESGCM`` objects (created once per body or part) and the Rust
+  Cobblestone state.
 - Nonces are ``base_nonce XOR chunk index`` under a key derived from a fresh
   24-byte random salt: a DEK may be reused for any number of bodies and parts.
 """
@@ -40,6 +42,7 @@ from s3proxy.crypto.sizes import (
     COMMITMENT_SIZE,
     K_CHUNKS,
     K_HEADER_SIZE,
+    K_PART_OVERHEAD,
     MAX_PART_NUMBER,
     NONCE_SIZE,
     S_FULL_CHUNK_CT,
@@ -48,7 +51,6 @@ from s3proxy.crypto.sizes import (
     TAG_SIZE,
     ChunkSpan,
     k_chunk_size,
-    k_part_plaintext_size,
     s_plaintext_size,
 )
 
@@ -95,7 +97,7 @@ K_INFO_LABEL: Final = b"s3proxy.dev/part@v1\x00"
 COBBLESTONE_INFO_PREFIX: Final = b"c2sp.org/chunked-encryption@v1+AEAD_AES_256_GCM\x00"
 _OKM_SIZE: Final = KEY_SIZE + NONCE_SIZE + COMMITMENT_SIZE  # 76
 
-_K_HEADER = struct.Struct(">BBI")  # version, layout, part_number (then salt, commitment)
+_K_HEADER = struct.Struct(">BBIQ")  # version, layout, part_number, plaintext_length (then salt, commitment)
 _K_INFO_TAIL = struct.Struct(">IQ")  # part_number, p
 
 Buffer = bytes | bytearray | memoryview
@@ -238,6 +240,24 @@ class _Stream:
     def __repr__(self) -> str:  # never show state that could hold key material
         state = "failed" if self._failure else "finalized" if self._finalized else "open"
         return f"<{type(self).__name__} {state}>"
+
+
+def _check_span(span: ChunkSpan, header_size: int, cs: int, p: int, max_chunk: int) -> None:
+    """Reject a span computed for another size: it would only fail later, less clearly."""
+
+    def offset(k: int) -> int:
+        return header_size + min(k * cs, p) + TAG_SIZE * k
+
+    first, last = span.first_chunk, span.last_chunk
+    if not (
+        0 <= first <= last <= max_chunk
+        and span.ct_start == offset(first)
+        and span.ct_end == offset(last + 1)
+        and 0 <= span.skip
+        and span.length >= 0
+        and min(first * cs, p) + span.skip + span.length <= min((last + 1) * cs, p)
+    ):
+        raise ValueError("span does not fit this body")
 
 
 def _chunk_count_within(x: int, cs: int, p: int) -> int:
@@ -631,9 +651,7 @@ class SRangeDecryptor(_Stream):
             raise ValueError(f"S header must be {S_HEADER_SIZE} bytes")
         if p < 0:
             raise ValueError("negative plaintext size")
-        n = p // CHUNK_SIZE + 1
-        if not 0 <= span.first_chunk <= span.last_chunk < n:
-            raise ValueError("span does not fit the object")
+        _check_span(span, S_HEADER_SIZE, CHUNK_SIZE, p, p // CHUNK_SIZE)
         hdr = bytes(header)
         aead, base, commitment = _split_okm(_cobblestone_okm(key, context, hdr[:SALT_SIZE]))
         if not hmac.compare_digest(commitment, hdr[SALT_SIZE:]):
@@ -666,21 +684,33 @@ class SRangeDecryptor(_Stream):
 
 @dataclass(frozen=True, slots=True)
 class KPartHeader:
-    """The 62-byte header of a K part. Unauthenticated until the commitment check."""
+    """The 70-byte header of a K part.
+
+    Unauthenticated until the commitment check (``KPartDecryptor``), which
+    covers every field: without the DEK, use it only to find part boundaries
+    (``plaintext_length + K_PART_OVERHEAD``) and numbers.
+    """
 
     version: int
     part_number: int
+    plaintext_length: int
     salt: bytes
     commitment: bytes
 
+    @property
+    def part_size(self) -> int:
+        """The part's ciphertext length, header included."""
+        return self.plaintext_length + K_PART_OVERHEAD
+
     def encode(self) -> bytes:
-        return _K_HEADER.pack(self.version, _LAYOUT_K_BYTE, self.part_number) + self.salt + self.commitment
+        fixed = _K_HEADER.pack(self.version, _LAYOUT_K_BYTE, self.part_number, self.plaintext_length)
+        return fixed + self.salt + self.commitment
 
 
 def parse_k_header(header: Buffer) -> KPartHeader:
-    """Parse a K part header (no key needed; e.g. to walk part numbers).
+    """Parse a K part header (no key needed; e.g. to walk part boundaries).
 
-    Raises ``Truncated`` if shorter than 62 bytes, ``UnsupportedFormatVersion``
+    Raises ``Truncated`` if shorter than 70 bytes, ``UnsupportedFormatVersion``
     or ``InvalidHeader``.
     """
     if len(header) < K_HEADER_SIZE:
@@ -688,7 +718,7 @@ def parse_k_header(header: Buffer) -> KPartHeader:
     if len(header) != K_HEADER_SIZE:
         raise ValueError(f"K part header must be {K_HEADER_SIZE} bytes")
     hdr = bytes(header)
-    version, layout, part_number = _K_HEADER.unpack_from(hdr)
+    version, layout, part_number, plaintext_length = _K_HEADER.unpack_from(hdr)
     if version != FORMAT_VERSION:
         raise UnsupportedFormatVersion(f"K part format version {version}")
     if layout != _LAYOUT_K_BYTE:
@@ -696,14 +726,14 @@ def parse_k_header(header: Buffer) -> KPartHeader:
     if not 1 <= part_number <= MAX_PART_NUMBER:
         raise InvalidHeader(f"K part number {part_number} outside 1..{MAX_PART_NUMBER}")
     off = _K_HEADER.size
-    return KPartHeader(version, part_number, hdr[off : off + SALT_SIZE], hdr[off + SALT_SIZE :])
+    return KPartHeader(version, part_number, plaintext_length, hdr[off : off + SALT_SIZE], hdr[off + SALT_SIZE :])
 
 
 class KPartEncryptor(_Stream):
     """Encrypts one part of a multipart upload (FORMAT.md 2.2).
 
     ``p`` is the part's plaintext length (from the request's Content-Length),
-    which the key schedule binds. ``header()`` returns the 62-byte header;
+    which the key schedule binds. ``header()`` returns the 70-byte header;
     if it was not called before, the first ``update()``/``finalize()`` output
     starts with it, so the concatenation of all outputs is always the whole
     part. Feeding more than ``p`` bytes raises ``TrailingData``; finalising
@@ -728,7 +758,7 @@ class KPartEncryptor(_Stream):
         if len(salt) != SALT_SIZE:
             raise ValueError(f"salt must be {SALT_SIZE} bytes")
         aead, base, commitment = _split_okm(_k_okm(dek, object_id, salt, part_number, p))
-        self._header = KPartHeader(FORMAT_VERSION, part_number, bytes(salt), commitment).encode()
+        self._header = KPartHeader(FORMAT_VERSION, part_number, p, bytes(salt), commitment).encode()
         self._header_sent = False
         self.part_number = part_number
         self.plaintext_size = p
@@ -768,12 +798,15 @@ class KPartEncryptor(_Stream):
 class KPartDecryptor(_Stream):
     """Decrypts one K part, whole or a ``k_span`` of it (FORMAT.md 2.3).
 
-    ``header`` is the part's first 62 bytes and ``c_part`` the part's
-    ciphertext length. With ``span=None`` feed the part's bytes after the
-    header and get the whole part; with a span feed part bytes
-    ``[span.ct_start, span.ct_end)``. Version, layout, part number range and
-    commitment are checked in the constructor; ``expected_part_number``, when
-    given, must match the header (``PartOrderError``).
+    ``header`` is the part's first 70 bytes. ``c_part``, the part's length as
+    the backend reports it, is optional (the header carries the plaintext
+    length); when given it must agree with the authenticated header:
+    shorter is ``Truncated``, longer ``TrailingData``. With ``span=None`` feed
+    the part's bytes after the header and get the whole part; with a span
+    feed part bytes ``[span.ct_start, span.ct_end)``. Version, layout, part
+    number range and commitment are checked in the constructor;
+    ``expected_part_number``, when given, must match the header
+    (``PartOrderError``).
     """
 
     part_number: int
@@ -784,7 +817,7 @@ class KPartDecryptor(_Stream):
         dek: Buffer,
         object_id: Buffer,
         header: Buffer,
-        c_part: int,
+        c_part: int | None = None,
         span: ChunkSpan | None = None,
         *,
         expected_part_number: int | None = None,
@@ -792,19 +825,21 @@ class KPartDecryptor(_Stream):
         _check_dek(dek)
         _check_object_id(object_id)
         hdr = parse_k_header(header)
-        p = k_part_plaintext_size(c_part)
+        p = hdr.plaintext_length
         aead, base, commitment = _split_okm(_k_okm(dek, object_id, hdr.salt, hdr.part_number, p))
         if not hmac.compare_digest(commitment, hdr.commitment):
             raise CommitmentMismatch(f"K part {hdr.part_number} commitment does not match")
+        if c_part is not None and c_part != hdr.part_size:
+            error = Truncated if c_part < hdr.part_size else TrailingData
+            raise error(f"K part of {c_part} bytes, its header says {hdr.part_size}")
         if expected_part_number is not None and hdr.part_number != expected_part_number:
             raise PartOrderError(f"K part number {hdr.part_number}, expected {expected_part_number}")
         self.part_number = hdr.part_number
         self.plaintext_size = p
         cs = k_chunk_size(p)
         if span is None:
-            span = ChunkSpan(0, K_CHUNKS - 1, K_HEADER_SIZE, c_part, 0, p)
-        elif not 0 <= span.first_chunk <= span.last_chunk < K_CHUNKS:
-            raise ValueError("span does not fit the part")
+            span = ChunkSpan(0, K_CHUNKS - 1, K_HEADER_SIZE, hdr.part_size, 0, p)
+        _check_span(span, K_HEADER_SIZE, cs, p, K_CHUNKS - 1)
         pt_start = min(span.first_chunk * cs, p) + span.skip
         self._reader = _ChunkReader(
             aead, base, cs, p, span.first_chunk, span.last_chunk, pt_start, pt_start + span.length
@@ -840,25 +875,23 @@ class PartNumberSequence:
 
 
 class KObjectDecryptor(_Stream):
-    """Streaming whole-object decryption of a K object.
+    """Streaming whole-object decryption of a K object of ``n_parts`` parts.
 
-    ``part_sizes`` are the parts' ciphertext lengths in object order (from
-    ListParts / ``HEAD ?partNumber=``, or the part size table). Feed the
-    whole backend body; part numbers must strictly increase.
+    Feed the whole backend body. Each part header gives that part's length,
+    so no part-size table is needed; part numbers must strictly increase and
+    exactly ``n_parts`` parts (the ETag's ``-N``) must be present.
     """
 
-    def __init__(self, dek: Buffer, object_id: Buffer, part_sizes: Sequence[int]) -> None:
+    def __init__(self, dek: Buffer, object_id: Buffer, n_parts: int) -> None:
         _check_dek(dek)
         _check_object_id(object_id)
-        if not part_sizes:
-            raise InvalidCiphertextSize("K object without parts")
-        for c in part_sizes:
-            k_part_plaintext_size(c)  # raises InvalidCiphertextSize
+        if n_parts < 1:
+            raise InvalidCiphertextSize(f"K object with {n_parts} parts")
         self._dek = _DekBox(dek)
         self._object_id = bytes(object_id)
-        self._sizes = list(part_sizes)
-        self._index = 0
-        self._left = self._sizes[0]  # bytes of the current part not yet seen
+        self._n_parts = n_parts
+        self._done = 0  # parts completely read
+        self._left = 0  # bytes of the current part still to come
         self._header = bytearray()
         self._part: KPartDecryptor | None = None
         self._order = PartNumberSequence()
@@ -876,41 +909,38 @@ class KObjectDecryptor(_Stream):
     def _update(self, mv: memoryview) -> list[bytearray]:
         out: list[bytearray] = []
         while mv:
-            if self._index >= len(self._sizes):
-                raise TrailingData(f"{len(mv)} bytes after the last part")
             part = self._part
             if part is None:
+                if self._done == self._n_parts:
+                    raise TrailingData(f"{len(mv)} bytes after the last of {self._n_parts} parts")
                 take = min(K_HEADER_SIZE - len(self._header), len(mv))
                 self._header += mv[:take]
                 mv = mv[take:]
-                self._left -= take
                 if len(self._header) < K_HEADER_SIZE:
                     break
-                part = KPartDecryptor(self._dek.value, self._object_id, self._header, self._sizes[self._index])
+                part = KPartDecryptor(self._dek.value, self._object_id, self._header)
                 self._order.check(part.part_number)
                 self._part = part
+                self._left = part.plaintext_size + K_PART_OVERHEAD - K_HEADER_SIZE
                 self._header = bytearray()
             take = min(self._left, len(mv))
-            if take:
-                piece = part.update(mv[:take])
-                if piece:
-                    out.append(piece)
-                mv = mv[take:]
-                self._left -= take
+            piece = part.update(mv[:take])
+            if piece:
+                out.append(piece)
+            mv = mv[take:]
+            self._left -= take
             if self._left == 0:
                 part.finalize()
                 self._part = None
-                self._index += 1
-                if self._index < len(self._sizes):
-                    self._left = self._sizes[self._index]
-                else:
+                self._done += 1
+                if self._done == self._n_parts:
                     self._dek.clear()
         return out
 
     def finalize(self) -> bytearray:
         self._guard()
-        if self._index < len(self._sizes):
-            self._fail(Truncated(f"K object ended in part {self._index + 1} of {len(self._sizes)}"))
+        if self._done < self._n_parts:
+            self._fail(Truncated(f"K object ended in part {self._done + 1} of {self._n_parts}"))
         self._finalized = True
         return bytearray()
 

@@ -53,9 +53,9 @@ S_FULL_CHUNK_CT = CHUNK_SIZE + TAG_SIZE  # 16400
 S_MIN_CIPHERTEXT_SIZE = S_HEADER_SIZE + TAG_SIZE  # 72, the empty object
 
 K_CHUNKS = 1024
-# version(1) || layout(1) || part_number u32 (4) || salt(24) || commitment(32)
-K_HEADER_SIZE = 1 + 1 + 4 + SALT_SIZE + COMMITMENT_SIZE  # 62
-K_PART_OVERHEAD = K_HEADER_SIZE + TAG_SIZE * K_CHUNKS  # 16446
+# version(1) || layout(1) || part_number u32 (4) || plaintext_length u64 (8) || salt(24) || commitment(32)
+K_HEADER_SIZE = 1 + 1 + 4 + 8 + SALT_SIZE + COMMITMENT_SIZE  # 70
+K_PART_OVERHEAD = K_HEADER_SIZE + TAG_SIZE * K_CHUNKS  # 16454
 MAX_PART_NUMBER = 10000
 
 

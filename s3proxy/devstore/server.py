@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote, unquote_plus, unquote_to_bytes
 from xml.etree import ElementTree as ET
 
@@ -86,7 +86,9 @@ OWNER_NAME = "devstore"
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
-_REQUEST_ID = "s3proxy.devstore.request_id"
+_REQUEST_ID: Any = (
+    web.RequestKey("s3proxy.devstore.request_id", str) if hasattr(web, "RequestKey") else "s3proxy.devstore.request_id"
+)
 
 # Headers stored with an object and returned on GET/HEAD (lower-case -> response spelling).
 _STORED_HEADERS = {
@@ -992,8 +994,11 @@ class DevStoreServer:
             assert f is not None
             response = web.StreamResponse(status=status, headers=headers)
             await response.prepare(request)
-            await self._send_file(f, start, length, response)
-            await response.write_eof()
+            try:
+                await self._send_file(f, start, length, response)
+                await response.write_eof()
+            except ConnectionResetError:
+                log.debug("devstore: client went away during GET %s", ctx.resource)
             return response
         finally:
             if f is not None:

@@ -173,8 +173,7 @@ async def rewrap_for(ctx: Ctx, env: Envelope, dek: bytearray, src_bucket: str, d
         to_key = keys.policy.choose(dst_bucket, dst_key, requested)
         audit = audit_info(ctx, "CopyObject", dst_bucket, dst_key)
         if env.wrapped.backend == "sse-c":
-            backend = keys.write_backend
-            wrapped = await backend.wrap_data_key(to_key, dek, new_ctx)
+            wrapped = await keys.wrap_data_key(to_key, dek, new_ctx, audit=audit)
         else:
             wrapped = await keys.rewrap(env.wrapped, dict(env.context), to_key, new_ctx, audit=audit)
         return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx)

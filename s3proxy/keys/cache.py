@@ -13,7 +13,9 @@ Decrypt side
     with a TTL and LRU capacity.  With ``offline_grace`` > 0 an entry past its
     TTL is still served, for up to ``offline_grace`` more seconds, while the
     backend raises KeyUnavailable; a permanent error (disabled key...) drops
-    it at once: a disabled key fails closed.
+    it at once: a disabled key fails closed.  After a KeyUnavailable the
+    backend is left alone for ``negative_ttl`` seconds: stale entries are
+    served at once instead of after another round of retries.
 
 Both sides
     * a short negative cache for permanent errors (InvalidWrappedKey,
@@ -187,6 +189,8 @@ class DataKeyCache:
         self._write_inflight: dict[Hashable, _Flight[DataKey]] = {}
         self._read_inflight: dict[Hashable, _Flight[bytearray]] = {}
         self._last_sweep = clock()
+        # backend name -> until when stale entries are served without asking it
+        self._down_until: dict[str, float] = {}
         self.stats: dict[Side, CacheStats] = {"encrypt": CacheStats(), "decrypt": CacheStats()}
         self._metrics = _Metrics(registry) if registry is not None else None
 
@@ -368,18 +372,29 @@ class DataKeyCache:
             self._evict_write(key, "max_bytes")
         return data_key
 
-    async def _load_write(self, key: Hashable, load: Callable[[], Awaitable[DataKey]]) -> DataKey:
+    async def _load_write(
+        self, key: Hashable, load: Callable[[], Awaitable[DataKey]], leader_bytes: int
+    ) -> DataKey:
+        """Load a DataKey and cache it with the leader's use already counted."""
         self._count("encrypt", "backend_calls")
         try:
             data_key = await load()
         except PERMANENT_ERRORS as exc:
             self._remember_error("encrypt", key, exc)
             raise
+        if self.encrypt_ttl <= 0:
+            return data_key
         self._evict_write(key, "replaced")
         self._write[key] = _WriteEntry(
             data_key=DataKey(plaintext=bytearray(data_key.plaintext), wrapped=data_key.wrapped),
             created=self._clock(),
+            uses=1,
+            bytes_used=leader_bytes,
         )
+        if self.encrypt_max_objects <= 1:
+            self._evict_write(key, "max_objects")
+        elif leader_bytes >= self.encrypt_max_bytes:
+            self._evict_write(key, "max_bytes")
         while len(self._write) > self.encrypt_capacity:
             self._evict_write(next(iter(self._write)), "capacity")
         self._gauge()
@@ -424,7 +439,7 @@ class DataKeyCache:
             leader = flight is None
             if flight is None:
                 flight = self._start(
-                    self._write_inflight, key, self._load_write(key, load), lambda dk: zeroize(dk.plaintext)
+                    self._write_inflight, key, self._load_write(key, load, nbytes), lambda dk: zeroize(dk.plaintext)
                 )
             flight.waiters += 1
             try:
@@ -434,20 +449,17 @@ class DataKeyCache:
                     if leader:
                         self._count("encrypt", "misses")
                     raise
+                if leader:
+                    # The leader's use was counted when the entry was stored.
+                    self._count("encrypt", "misses")
+                    return DataKey(plaintext=bytearray(loaded.plaintext), wrapped=loaded.wrapped), "miss"
                 entry = self._write.get(key)
                 if entry is not None and entry.data_key.wrapped is loaded.wrapped:
                     data_key = self._take(entry, key, nbytes)
                     if data_key is not None:
-                        if leader:
-                            self._count("encrypt", "misses")
-                            return data_key, "miss"
                         self._count("encrypt", "hits")
                         self._count("encrypt", "coalesced")
                         return data_key, "hit"
-                if leader:
-                    # Evicted before we could use it (tiny capacity): still ours.
-                    self._count("encrypt", "misses")
-                    return DataKey(plaintext=bytearray(loaded.plaintext), wrapped=loaded.wrapped), "miss"
             finally:
                 flight.waiters -= 1
                 flight.maybe_zero()
@@ -455,7 +467,9 @@ class DataKeyCache:
 
     # -- decrypt side ---------------------------------------------------------
 
-    async def _load_read(self, key: Hashable, load: Callable[[], Awaitable[bytearray]]) -> bytearray:
+    async def _load_read(
+        self, key: Hashable, backend: str, load: Callable[[], Awaitable[bytearray]]
+    ) -> bytearray:
         self._count("decrypt", "backend_calls")
         try:
             dek = await load()
@@ -463,6 +477,11 @@ class DataKeyCache:
             self._evict_read(key, "error")  # fail closed, even inside the grace period
             self._remember_error("decrypt", key, exc)
             raise
+        except KeyUnavailable:
+            if self.offline_grace > 0 and self.negative_ttl > 0:
+                self._down_until[backend] = self._clock() + self.negative_ttl
+            raise
+        self._down_until.pop(backend, None)
         if self.decrypt_ttl > 0:
             self._evict_read(key, "replaced")
             self._read[key] = _ReadEntry(dek=bytearray(dek), created=self._clock())
@@ -493,12 +512,19 @@ class DataKeyCache:
                 return bytearray(entry.dek), "hit"
             if self._read_dead(entry, now):
                 self._evict_read(key, "ttl")
+            elif self._down_until.get(wrapped.backend, 0.0) > now:
+                # Inside the offline grace and the backend failed moments ago:
+                # serve the stale key now instead of waiting for its retries.
+                self._read.move_to_end(key)
+                self._count("decrypt", "hits")
+                self._count("decrypt", "stale_hits")
+                return bytearray(entry.dek), "stale"
             # else: past its TTL but inside the offline grace: refresh, and
             # fall back on it only if the backend is unavailable.
         flight = self._read_inflight.get(key)
         leader = flight is None
         if flight is None:
-            flight = self._start(self._read_inflight, key, self._load_read(key, load), zeroize)
+            flight = self._start(self._read_inflight, key, self._load_read(key, wrapped.backend, load), zeroize)
         flight.waiters += 1
         try:
             try:

@@ -275,6 +275,24 @@ class KeyManager:
         finally:
             zeroize(dek)
 
+    async def wrap_data_key(
+        self,
+        key_id: str,
+        dek: bytes | bytearray,
+        context: Mapping[str, str],
+        *,
+        audit: AuditInfo | None = None,
+    ) -> WrappedKey:
+        """Wrap an existing DEK with the write backend (e.g. copying an SSE-C object to SSE-KMS).
+
+        The caller chooses ``key_id`` (normally ``policy.choose(...)``).  Audited, never cached.
+        """
+        ctx = check_context(context)
+        backend = self._write_backend
+        return await self._backend_call(
+            audit, backend, "wrap_data_key", key_id, ctx, lambda: backend.wrap_data_key(key_id, dek, ctx)
+        )
+
     def key_id_for_display(self, wrapped: WrappedKey) -> str:
         """The value for ``x-amz-server-side-encryption-aws-kms-key-id``.
 
@@ -291,12 +309,17 @@ class KeyManager:
             )
 
     async def close(self) -> None:
-        try:
-            for backend in self._backends.values():
+        """Close every backend (even if one fails), zero the cache, close the audit log."""
+        first_error: BaseException | None = None
+        for backend in self._backends.values():
+            try:
                 await backend.close()
-        finally:
-            self.cache.clear()
-            self.audit.close()
+            except Exception as exc:  # close the others anyway
+                first_error = first_error or exc
+        self.cache.clear()
+        self.audit.close()
+        if first_error is not None:
+            raise first_error
 
     # -- SSE-C ----------------------------------------------------------------
 

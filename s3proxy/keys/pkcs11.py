@@ -41,6 +41,7 @@ calls (SoftHSM2 then turns its locks off), so unless
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac as std_hmac
 import os
 import threading
@@ -100,6 +101,7 @@ _SESSION_ERRORS = (
     p11e.ObjectHandleInvalid,
 )
 _UNAVAILABLE_ERRORS = (
+    *_SESSION_ERRORS,
     p11e.NoSuchToken,
     p11e.TokenNotPresent,
     p11e.TokenNotRecognised,
@@ -110,7 +112,7 @@ _UNAVAILABLE_ERRORS = (
     p11e.HostMemory,
     p11e.FunctionFailed,
     p11e.SlotIDInvalid,
-) + _SESSION_ERRORS
+)
 _ACCESS_ERRORS = (
     p11e.PinIncorrect,
     p11e.PinInvalid,
@@ -197,12 +199,11 @@ class Pkcs11Backend(KeyBackend):
         self._settings = settings
         self._lib_loader = lib_loader
         self.default_key_id: str | None = settings.key_label
-        if settings.mechanism == "aes-kwp":
-            if settings.kwp_mechanism_id not in KWP_MECHANISM_IDS:
-                raise KeyConfigError(
-                    f"keys.pkcs11.kwp_mechanism_id 0x{settings.kwp_mechanism_id:X} is not an AES key "
-                    "wrap with padding mechanism (0x210A, 0x210B or 0x1091)"
-                )
+        if settings.mechanism == "aes-kwp" and settings.kwp_mechanism_id not in KWP_MECHANISM_IDS:
+            raise KeyConfigError(
+                f"keys.pkcs11.kwp_mechanism_id 0x{settings.kwp_mechanism_id:X} is not an AES key "
+                "wrap with padding mechanism (0x210A, 0x210B or 0x1091)"
+            )
         self._pin = settings.pin.get_secret_value() if settings.pin is not None else None
         self._call_lock: AbstractContextManager[Any] = (
             nullcontext() if settings.module_thread_safe else threading.Lock()
@@ -214,7 +215,6 @@ class Pkcs11Backend(KeyBackend):
         self._token: Any = None
         self._anchor: Any = None  # logged-in session that only holds the login
         self._idle: list[_Session] = []
-        self._busy: set[int] = set()
         self._generation = 0
         self._closed = False
         self._public_keys: dict[str, rsa.RSAPublicKey] = {}
@@ -246,15 +246,12 @@ class Pkcs11Backend(KeyBackend):
             self._pid = pid
             self._executor = None
             self._idle = []
-            self._busy = set()
             self._anchor = None
             self._token = None
             self._generation += 1
             if self._lib is not None:
-                try:
-                    self._lib.reinitialize()
-                except p11e.PKCS11Error:
-                    pass
+                with contextlib.suppress(p11e.PKCS11Error):
+                    self._lib.reinitialize()  # C_Initialize again in the child
                 self._lib = None
 
     def _get_executor(self) -> ThreadPoolExecutor:
@@ -331,19 +328,16 @@ class Pkcs11Backend(KeyBackend):
             while self._idle:
                 session = self._idle.pop()
                 if session.generation == self._generation:
-                    self._busy.add(id(session))
                     return session
                 self._close_quietly(session.handle)
             token = self._open_token()
             handle = token.open()
             self.sessions_opened += 1
             session = _Session(handle=handle, generation=self._generation)
-            self._busy.add(id(session))
             return session
 
     def _release(self, session: _Session) -> None:
         with self._state:
-            self._busy.discard(id(session))
             if session.generation == self._generation and not self._closed:
                 self._idle.append(session)
             else:
@@ -352,7 +346,6 @@ class Pkcs11Backend(KeyBackend):
     def _discard(self, session: _Session) -> None:
         """Drop ``session`` and start a new generation: every session and the login are rebuilt."""
         with self._state:
-            self._busy.discard(id(session))
             self._close_quietly(session.handle)
             if session.generation != self._generation:
                 return  # another thread already started over
@@ -360,13 +353,12 @@ class Pkcs11Backend(KeyBackend):
             if self._anchor is not None:
                 self._close_quietly(self._anchor)
                 self._anchor = None
+            self._token = None  # look the token up again: a re-initialised HSM may move slots
 
     @staticmethod
     def _close_quietly(handle: Any) -> None:
-        try:
+        with contextlib.suppress(p11e.PKCS11Error):
             handle.close()
-        except p11e.PKCS11Error:
-            pass
 
     # -- keys -----------------------------------------------------------------
 
@@ -380,14 +372,15 @@ class Pkcs11Backend(KeyBackend):
             raise KeyNotFound(f"no PKCS#11 {object_class.name.lower()} labelled {label!r}") from None
         except p11e.MultipleObjectsReturned:
             raise KeyServiceError(f"several PKCS#11 keys labelled {label!r}") from None
-        if object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY):
-            if self._settings.require_non_extractable and (
-                key[Attribute.EXTRACTABLE] or not key[Attribute.SENSITIVE]
-            ):
-                raise KeyServiceError(
-                    f"refusing PKCS#11 key {label!r}: it is extractable or not sensitive "
-                    "(keys.pkcs11.require_non_extractable)"
-                )
+        if (
+            object_class in (ObjectClass.SECRET_KEY, ObjectClass.PRIVATE_KEY)
+            and self._settings.require_non_extractable
+            and (key[Attribute.EXTRACTABLE] or not key[Attribute.SENSITIVE])
+        ):
+            raise KeyServiceError(
+                f"refusing PKCS#11 key {label!r}: it is extractable or not sensitive "
+                "(keys.pkcs11.require_non_extractable)"
+            )
         session.keys[(label, object_class)] = key
         return key
 
@@ -610,7 +603,8 @@ class Pkcs11Backend(KeyBackend):
     async def check(self) -> None:
         label = self.default_key_id
         if label is None:
-            raise KeyNotFound("no PKCS#11 key label configured")
+            await self._run(lambda s: None)  # the module loads, the token is there, the PIN works
+            return
         if self._settings.mechanism == "rsa-oaep":
             await self._public_key(label)
         else:

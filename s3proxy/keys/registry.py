@@ -36,16 +36,30 @@ class BackendSpec:
 BACKENDS: Mapping[str, BackendSpec] = MappingProxyType(
     {
         "local": BackendSpec(
-            "local", "s3proxy.keys.local", "LocalKeyBackend", "local", ("cryptography",),
-            "pip install cryptography",
+            name="local",
+            module="s3proxy.keys.local",
+            class_name="LocalKeyBackend",
+            settings_field="local",
+            requires=("cryptography",),
+            install_hint="pip install cryptography",
         ),
         "aws-kms": BackendSpec(
-            "aws-kms", "s3proxy.keys.aws_kms", "AwsKmsBackend", "aws_kms", ("aiobotocore", "botocore", "aiohttp"),
-            "pip install aiobotocore",
+            name="aws-kms",
+            module="s3proxy.keys.aws_kms",
+            class_name="AwsKmsBackend",
+            settings_field="aws_kms",
+            requires=("aiobotocore", "botocore", "aiohttp"),
+            install_hint="pip install aiobotocore",
         ),
         "pkcs11": BackendSpec(
-            "pkcs11", "s3proxy.keys.pkcs11", "Pkcs11Backend", "pkcs11", ("pkcs11",),
-            "pip install python-pkcs11 (and install your HSM's PKCS#11 module, e.g. apt-get install softhsm2)",
+            name="pkcs11",
+            module="s3proxy.keys.pkcs11",
+            class_name="Pkcs11Backend",
+            settings_field="pkcs11",
+            requires=("pkcs11",),
+            install_hint=(
+                "pip install python-pkcs11 (and install your HSM's PKCS#11 module, e.g. apt-get install softhsm2)"
+            ),
         ),
     }
 )

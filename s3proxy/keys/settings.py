@@ -50,15 +50,15 @@ class AwsKmsSettings(BaseModel):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     verify_tls: bool | str = True  # False, True, or a CA bundle path
-    connect_timeout: float = Field(2.0, gt=0)
-    read_timeout: float = Field(5.0, gt=0)
-    max_pool_connections: int = Field(32, ge=1)
+    connect_timeout: float = Field(default=2.0, gt=0)
+    read_timeout: float = Field(default=5.0, gt=0)
+    max_pool_connections: int = Field(default=32, ge=1)
     # Retries on throttling / 5xx / connection errors: exponential backoff
     # with full jitter, bounded by attempts and by total time.
-    max_attempts: int = Field(5, ge=1, le=50)
-    retry_budget_seconds: float = Field(10.0, gt=0)
-    backoff_base_seconds: float = Field(0.05, ge=0)
-    backoff_max_seconds: float = Field(2.0, ge=0)
+    max_attempts: int = Field(default=5, ge=1, le=50)
+    retry_budget_seconds: float = Field(default=10.0, gt=0)
+    backoff_base_seconds: float = Field(default=0.05, ge=0)
+    backoff_max_seconds: float = Field(default=2.0, ge=0)
 
     @model_validator(mode="after")
     def _static_credentials_complete(self) -> AwsKmsSettings:
@@ -84,7 +84,7 @@ class Pkcs11Settings(BaseModel):
     # Only the public key is available: uploads can be encrypted, nothing decrypted.
     encrypt_only: bool = False
     random_source: Literal["os", "token"] = "os"  # DEKs and GCM IVs
-    sessions: int = Field(4, ge=1, le=256)  # logged-in sessions = worker threads
+    sessions: int = Field(default=4, ge=1, le=256)  # logged-in sessions = worker threads
     # python-pkcs11 calls C_Initialize(NULL): by the spec that promises no
     # concurrent calls, and SoftHSM2 then disables its locking.  Set true only
     # for modules that are thread-safe regardless (CloudHSM, Luna, ...).
@@ -106,18 +106,18 @@ class CacheSettings(BaseModel):
 
     enabled: bool = True
     # Encrypt side: one DEK reused for many objects until any limit is hit.
-    encrypt_ttl_seconds: float = Field(300.0, ge=0)
-    encrypt_max_objects: int = Field(100_000, ge=1)
-    encrypt_max_bytes: int = Field(1 << 40, ge=1)
-    encrypt_capacity: int = Field(1_000, ge=1)
+    encrypt_ttl_seconds: float = Field(default=300.0, ge=0)
+    encrypt_max_objects: int = Field(default=100_000, ge=1)
+    encrypt_max_bytes: int = Field(default=1 << 40, ge=1)
+    encrypt_capacity: int = Field(default=1_000, ge=1)
     # An upload of unknown size counts as this many bytes (S3's single-PUT maximum).
-    unknown_object_bytes: int = Field(5 << 30, ge=0)
+    unknown_object_bytes: int = Field(default=5 << 30, ge=0)
     # Decrypt side: wrapped DEK -> DEK.
-    decrypt_ttl_seconds: float = Field(300.0, ge=0)
-    decrypt_capacity: int = Field(10_000, ge=1)
-    negative_ttl_seconds: float = Field(5.0, ge=0)
+    decrypt_ttl_seconds: float = Field(default=300.0, ge=0)
+    decrypt_capacity: int = Field(default=10_000, ge=1)
+    negative_ttl_seconds: float = Field(default=5.0, ge=0)
     # Keep serving cached DEKs this long past their TTL while the backend is unavailable.
-    offline_grace_seconds: float = Field(0.0, ge=0)
+    offline_grace_seconds: float = Field(default=0.0, ge=0)
 
 
 class KeyRule(BaseModel):
@@ -158,24 +158,26 @@ class KeysSettings(BaseModel):
 
     @model_validator(mode="after")
     def _selected_backend_configured(self) -> KeysSettings:
-        if self.backend == "local":
-            if self.local is None or (not self.local.master_keys and self.local.master_key_file is None):
-                raise ValueError(
-                    "keys.backend is 'local' but no master key is configured "
-                    "(keys.local.master_keys, keys.local.master_key_file or S3PROXY_MASTER_KEY)"
-                )
-        elif self.backend == "aws-kms":
-            if self.aws_kms is None or (self.aws_kms.key_id is None and self.default_key_id is None):
-                raise ValueError(
-                    "keys.backend is 'aws-kms' but no key is configured "
-                    "(keys.aws_kms.key_id or S3PROXY_KMS_KEY_ID)"
-                )
-        elif self.backend == "pkcs11":
-            if self.pkcs11 is None or (self.pkcs11.key_label is None and self.default_key_id is None):
-                raise ValueError(
-                    "keys.backend is 'pkcs11' but no token/key is configured (keys.pkcs11.module, "
-                    "token_label, key_label or S3PROXY_PKCS11_MODULE/_TOKEN_LABEL/_KEY_LABEL)"
-                )
+        if self.backend == "local" and (
+            self.local is None or (not self.local.master_keys and self.local.master_key_file is None)
+        ):
+            raise ValueError(
+                "keys.backend is 'local' but no master key is configured "
+                "(keys.local.master_keys, keys.local.master_key_file or S3PROXY_MASTER_KEY)"
+            )
+        if self.backend == "aws-kms" and (
+            self.aws_kms is None or (self.aws_kms.key_id is None and self.default_key_id is None)
+        ):
+            raise ValueError(
+                "keys.backend is 'aws-kms' but no key is configured (keys.aws_kms.key_id or S3PROXY_KMS_KEY_ID)"
+            )
+        if self.backend == "pkcs11" and (
+            self.pkcs11 is None or (self.pkcs11.key_label is None and self.default_key_id is None)
+        ):
+            raise ValueError(
+                "keys.backend is 'pkcs11' but no token/key is configured (keys.pkcs11.module, "
+                "token_label, key_label or S3PROXY_PKCS11_MODULE/_TOKEN_LABEL/_KEY_LABEL)"
+            )
         return self
 
     def configured_backends(self) -> list[str]:

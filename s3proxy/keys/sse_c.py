@@ -71,7 +71,9 @@ def sse_c_unwrap(
     blob = wrapped.blob
     if len(blob) != BLOB_BYTES:
         raise InvalidWrappedKey("wrapped data key has the wrong length")
-    salt, nonce, sealed = blob[:SALT_BYTES], blob[SALT_BYTES : SALT_BYTES + NONCE_BYTES], blob[SALT_BYTES + NONCE_BYTES :]
+    salt = blob[:SALT_BYTES]
+    nonce = blob[SALT_BYTES : SALT_BYTES + NONCE_BYTES]
+    sealed = blob[SALT_BYTES + NONCE_BYTES :]
     aad = wrap_aad(BACKEND, wrapped.key_id, ALGORITHM, check_context(context))
     try:
         return bytearray(_kek(customer_key, salt).decrypt(nonce, sealed, aad))

@@ -8,7 +8,7 @@ import http.client
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,10 @@ REGION = "us-east-1"
 
 class DevStoreThread:
     """A devstore on its own event loop thread, so tests can use blocking clients."""
+
+    access_key = ACCESS_KEY
+    secret_key = SECRET_KEY
+    region = REGION
 
     def __init__(self, root: Path, **options: Any) -> None:
         self.root = root
@@ -112,6 +116,22 @@ def devstore(tmp_path: Path) -> Iterator[DevStoreThread]:
     try:
         yield server
     finally:
+        server.close()
+
+
+@pytest.fixture
+def make_devstore(tmp_path: Path) -> Iterator[Callable[..., DevStoreThread]]:
+    """Start another devstore (``root``, options for build_devstore_app); closed at teardown."""
+    servers: list[DevStoreThread] = []
+
+    def make(root: Path, **options: Any) -> DevStoreThread:
+        server = DevStoreThread(root, **options)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
         server.close()
 
 

@@ -156,7 +156,9 @@ class BackendConformance:
             *(key_backend.generate_data_key(key_ids[i % 2], c) for i, c in enumerate(contexts))
         )
         assert len({bytes(k.plaintext) for k in keys}) == 50
-        deks = await asyncio.gather(*(key_backend.decrypt_data_key(k.wrapped, c) for k, c in zip(keys, contexts)))
+        deks = await asyncio.gather(
+            *(key_backend.decrypt_data_key(k.wrapped, c) for k, c in zip(keys, contexts, strict=True))
+        )
         assert [bytes(d) for d in deks] == [bytes(k.plaintext) for k in keys]
 
     async def test_rewrap(self, key_backend: KeyBackend, key_ids: tuple[str, str]) -> None:

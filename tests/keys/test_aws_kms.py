@@ -29,7 +29,6 @@ from s3proxy.keys.settings import AwsKmsSettings
 from .conformance import CTX, BackendConformance
 from .conftest import MotoKms
 
-
 _SESSION = AioSession()  # shared by the tests: loading the KMS model once saves ~0.1 s per client
 
 
@@ -338,7 +337,7 @@ async def test_retry_budget_bounds_total_time(kms_stub: KmsStub) -> None:
 async def test_connection_refused_is_unavailable_after_retries(closed_port_url: str) -> None:
     backend = make_backend(kms_settings(closed_port_url))
     try:
-        with pytest.raises(KeyUnavailable, match="EndpointConnectionError|Connect"):
+        with pytest.raises(KeyUnavailable, match=r"EndpointConnectionError|Connect"):
             await backend.generate_data_key("k", CTX)
         assert backend.attempts == 3
     finally:
@@ -387,3 +386,12 @@ async def test_requests_carry_key_id_and_context(kms_stub: KmsStub) -> None:
     assert dec["KeyId"] == WRAPPED.key_id and dec["EncryptionContext"] == CTX
     assert re["SourceKeyId"] == WRAPPED.key_id and re["DestinationKeyId"] == "alias/y"
     assert re["SourceEncryptionContext"] == CTX and re["DestinationEncryptionContext"] == {"bucket": "z"}
+
+
+async def test_check_without_default_key_is_a_no_op(kms_stub: KmsStub) -> None:
+    backend = make_backend(kms_settings(kms_stub.url, key_id=None))
+    try:
+        await backend.check()  # a read-only backend kept for migration
+        assert kms_stub.targets == []
+    finally:
+        await backend.close()

@@ -267,7 +267,7 @@ async def test_negative_cache_disabled(clock: FakeClock) -> None:
 
 
 async def test_offline_grace(clock: FakeClock) -> None:
-    cache, loader = make(clock, decrypt_ttl=10, offline_grace=100), Loader()
+    cache, loader = make(clock, decrypt_ttl=10, offline_grace=100, negative_ttl=0), Loader()
     dek, _ = await read(cache, loader)
     loader.fail = KeyUnavailable("KMS down")
     clock.advance(50)  # past the TTL, inside the grace
@@ -283,6 +283,26 @@ async def test_offline_grace(clock: FakeClock) -> None:
     loader.fail = None
     assert (await read(cache, loader))[1] == "miss"
     assert (await read(cache, loader))[1] == "hit"
+
+
+async def test_offline_grace_does_not_wait_for_a_backend_that_just_failed(clock: FakeClock) -> None:
+    cache, loader = make(clock, decrypt_ttl=10, offline_grace=100, negative_ttl=5), Loader()
+    await read(cache, loader, wrapped(1))
+    await read(cache, loader, wrapped(2))
+    clock.advance(20)
+    loader.fail = KeyUnavailable("down")
+    assert (await read(cache, loader, wrapped(1)))[1] == "stale" and loader.calls == 3
+    # for the next 5 s, stale entries are served without another backend round
+    assert (await read(cache, loader, wrapped(1)))[1] == "stale"
+    assert (await read(cache, loader, wrapped(2)))[1] == "stale"
+    assert loader.calls == 3
+    with pytest.raises(KeyUnavailable):  # a key that is not cached still asks the backend
+        await read(cache, loader, wrapped(3))
+    assert loader.calls == 4
+    clock.advance(5)
+    loader.fail = None
+    assert (await read(cache, loader, wrapped(1)))[1] == "miss" and loader.calls == 5
+    assert (await read(cache, loader, wrapped(2)))[1] == "miss"  # the backend is known to be up again
 
 
 async def test_offline_grace_refreshes_when_backend_is_up(clock: FakeClock) -> None:
@@ -332,7 +352,7 @@ async def test_read_single_flight(clock: FakeClock) -> None:
 
 
 async def test_read_single_flight_during_grace(clock: FakeClock) -> None:
-    cache, loader = make(clock, decrypt_ttl=10, offline_grace=100), Loader()
+    cache, loader = make(clock, decrypt_ttl=10, offline_grace=100, negative_ttl=0), Loader()
     await read(cache, loader)
     clock.advance(20)
     loader.gate, loader.fail = asyncio.Event(), KeyUnavailable("down")
@@ -397,3 +417,23 @@ async def test_counters_and_prometheus(clock: FakeClock) -> None:
     assert sample("s3proxy_key_cache_entries", side="decrypt") == 1
     # two caches never share metric objects (no module-level state)
     make(clock, registry=CollectorRegistry())
+
+
+@pytest.mark.parametrize("max_objects", [1, 2, 3])
+async def test_single_flight_never_exceeds_max_objects(clock: FakeClock, max_objects: int) -> None:
+    cache, loader = make(clock, encrypt_max_objects=max_objects), Loader()
+    loader.gate = asyncio.Event()
+    tasks = [asyncio.ensure_future(write(cache, loader)) for _ in range(10)]
+    await asyncio.sleep(0)
+    loader.gate.set()
+    results = await asyncio.gather(*tasks)
+    uses: dict[bytes, int] = {}
+    for dk, _ in results:
+        uses[bytes(dk.plaintext)] = uses.get(bytes(dk.plaintext), 0) + 1
+    assert max(uses.values()) <= max_objects and sum(uses.values()) == 10
+
+
+async def test_zero_ttl_never_shares(clock: FakeClock) -> None:
+    cache, loader = make(clock, encrypt_ttl=0), Loader()
+    keys = [await write(cache, loader) for _ in range(3)]
+    assert loader.calls == 3 and len({bytes(k.plaintext) for k, _ in keys}) == 3 and len(cache) == 0

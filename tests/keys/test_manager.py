@@ -227,6 +227,14 @@ async def test_rewrap_across_backends(clock: FakeClock) -> None:
         await m.close()
 
 
+async def test_wrap_existing_dek_is_audited(manager: KeyManager, audit_stream: io.StringIO) -> None:
+    dek = bytearray(range(32))
+    w = await manager.wrap_data_key("logs", dek, {"bucket": "b"}, audit=AUDIT)
+    assert (w.backend, w.key_id) == ("local", "logs")
+    assert await manager.data_key_for_read(w, {"bucket": "b"}, AUDIT) == dek
+    assert audit_lines(audit_stream)[0]["call"] == "wrap_data_key"
+
+
 # -- lifecycle and metrics ------------------------------------------------------
 
 

@@ -6,9 +6,11 @@ import asyncio
 import ctypes
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +24,8 @@ from s3proxy.keys.base import (
     KeyServiceError,
     KeyUnavailable,
     WrappedKey,
+    context_mac,
+    wrap_aad,
 )
 from s3proxy.keys.settings import Pkcs11Settings
 
@@ -48,7 +52,7 @@ def hsm_settings(hsm: SoftHsm, **over: Any) -> Pkcs11Settings:
 
 class _Pkcs11Conformance(BackendConformance):
     mechanism = "aes-gcm"
-    extra: dict[str, Any] = {}
+    extra: ClassVar[dict[str, Any]] = {}
     labels = ("kek-1", "kek-2")
 
     @pytest.fixture
@@ -80,7 +84,7 @@ class TestPkcs11AesGcm(_Pkcs11Conformance):
 
 class TestPkcs11AesGcmTokenRandom(_Pkcs11Conformance):
     mechanism = "aes-gcm"
-    extra = {"random_source": "token", "module_thread_safe": False}
+    extra: ClassVar[dict[str, Any]] = {"random_source": "token", "module_thread_safe": False}
 
 
 class TestPkcs11AesKwp(_Pkcs11Conformance):
@@ -91,7 +95,7 @@ class TestPkcs11RsaOaep(_Pkcs11Conformance):
     # SoftHSM2 2.6 implements CKM_RSA_PKCS_OAEP with SHA-1 only (the default
     # is SHA-256: see test_rsa_oaep_sha256_* below).
     mechanism = "rsa-oaep"
-    extra = {"oaep_hash": "sha1"}
+    extra: ClassVar[dict[str, Any]] = {"oaep_hash": "sha1"}
     labels = ("rsa-1", "rsa-2")
 
 
@@ -186,8 +190,6 @@ async def test_rsa_oaep_sha1_matches_software_oaep(softhsm: SoftHsm) -> None:
         sealed = public.encrypt(  # type: ignore[union-attr]
             dek, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
         )
-        from s3proxy.keys.base import context_mac, wrap_aad
-
         aad = wrap_aad("pkcs11", softhsm.soft_rsa_label, "RSA-OAEP-SHA1", CTX)
         wrapped = WrappedKey("pkcs11", softhsm.soft_rsa_label, "RSA-OAEP-SHA1", sealed + context_mac(dek, sealed, aad))
         assert await backend.decrypt_data_key(wrapped, CTX) == dek
@@ -332,3 +334,56 @@ def test_gcm_reads_back_an_iv_the_hsm_overwrote() -> None:
     caller_iv = bytes(bytearray(os.urandom(12)))
     used_iv, sealed = pkcs11_backend.gcm_encrypt(CloudHsmLikeKey(), b"k" * 32, caller_iv, b"aad")
     assert used_iv == hsm_iv and sealed == b"c" * 48
+
+
+FORK_SCRIPT = r"""
+import asyncio, os, sys
+from s3proxy.keys.pkcs11 import Pkcs11Backend
+from s3proxy.keys.settings import Pkcs11Settings
+
+backend = Pkcs11Backend(Pkcs11Settings(module=sys.argv[1], token_label=sys.argv[2], pin=sys.argv[3],
+                                       key_label="kek-1", sessions=2))
+dk = asyncio.run(backend.generate_data_key("kek-1", {"bucket": "b"}))  # parent: sessions and threads exist
+pid = os.fork()
+if pid == 0:
+    # child: the parent's sessions and threads are gone; everything is reopened lazily
+    async def child():
+        assert await backend.decrypt_data_key(dk.wrapped, {"bucket": "b"}) == dk.plaintext
+        await backend.close()
+    try:
+        asyncio.run(child())
+    except BaseException as exc:
+        print("child failed:", repr(exc), file=sys.stderr)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+async def parent():
+    assert await backend.decrypt_data_key(dk.wrapped, {"bucket": "b"}) == dk.plaintext
+    await backend.close()
+asyncio.run(parent())
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_sessions_reopen_after_fork(softhsm: SoftHsm) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, softhsm.module, softhsm.token_label, softhsm.pin],
+        env={**os.environ, "SOFTHSM2_CONF": str(softhsm.conf)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_check_without_default_key_opens_the_token(softhsm: SoftHsm) -> None:
+    backend = Pkcs11Backend(hsm_settings(softhsm, key_label=None))
+    try:
+        await backend.check()
+        assert backend.sessions_opened == 2  # login + one session
+    finally:
+        await backend.close()
+    bad = Pkcs11Backend(hsm_settings(softhsm, key_label=None, token_label="absent"))
+    try:
+        with pytest.raises(KeyUnavailable, match="absent"):
+            await bad.check()
+    finally:
+        await bad.close()

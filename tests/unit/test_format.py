@@ -365,6 +365,19 @@ def test_s_range_length_mismatch(s_sample: tuple[bytes, bytes]) -> None:
         SRangeDecryptor(DEK, OID, ct[:40], p, span)
 
 
+def test_spans_for_another_size_are_rejected(s_sample: tuple[bytes, bytes], k_sample: tuple[bytes, bytes]) -> None:
+    _, ct = s_sample
+    _, part = k_sample
+    with pytest.raises(ValueError):
+        SRangeDecryptor(DEK, OID, ct[:S_HEADER_SIZE], S_TAMPER_P, s_span(S_TAMPER_P + 1, 0, S_TAMPER_P + 1))
+    with pytest.raises(ValueError):
+        SRangeDecryptor(DEK, OID, ct[:S_HEADER_SIZE], 10, s_span(S_TAMPER_P, 0, 20))
+    with pytest.raises(ValueError):
+        KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(part), k_span(2 * K_TAMPER_P, 0, 10))
+    with pytest.raises(ValueError):  # a span must come with a part size that matches
+        KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], None, k_span(2 * K_TAMPER_P, 5, 6))
+
+
 def test_s_decryptor_rejects_impossible_declared_size() -> None:
     with pytest.raises(InvalidCiphertextSize):
         SDecryptor(DEK, OID, 56 + S_FULL_CHUNK_CT)
@@ -392,11 +405,16 @@ def test_k_round_trip(p: int) -> None:
     part = k_encrypt(pt, part_number=3)
     assert len(part) == k_part_ciphertext_size(p)
     hdr = parse_k_header(part[:K_HEADER_SIZE])
-    assert (hdr.version, hdr.part_number) == (1, 3)
+    assert (hdr.version, hdr.part_number, hdr.plaintext_length) == (1, 3, p)
+    assert hdr.part_size == len(part)
+    assert hdr.encode() == part[:K_HEADER_SIZE]
     dec = KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(part), expected_part_number=3)
     assert dec.part_number == 3
     assert dec.plaintext_size == p
     assert bytes(feed(dec, part[K_HEADER_SIZE:])) == pt
+    # the header alone says how long the part is
+    dec = KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE])
+    assert bytes(feed(dec, part[K_HEADER_SIZE:], [7, 100])) == pt
 
 
 @settings(max_examples=60, deadline=None)
@@ -461,7 +479,7 @@ def test_k_header_method_is_not_repeated() -> None:
 
 def test_k_encryptions_use_fresh_salts() -> None:
     a, b = k_encrypt(b"same"), k_encrypt(b"same")
-    assert a[6:30] != b[6:30]
+    assert a[14:38] != b[14:38]
 
 
 def test_k_encryptor_declared_size() -> None:
@@ -509,14 +527,16 @@ def test_k_tamper_header_fields(k_sample: tuple[bytes, bytes]) -> None:
         bad = head[:2] + n.to_bytes(4, "big") + head[6:]
         with pytest.raises(InvalidHeader):
             KPartDecryptor(DEK, OID, bad, c)
-    for i in range(6, K_HEADER_SIZE):  # salt and commitment
+    for i in range(6, K_HEADER_SIZE):  # plaintext length, salt and commitment
         with pytest.raises(CommitmentMismatch):
             KPartDecryptor(DEK, OID, flip(head, i), c)
+        with pytest.raises(CommitmentMismatch):
+            KPartDecryptor(DEK, OID, flip(head, i))
     with pytest.raises(Truncated):
         KPartDecryptor(DEK, OID, head[:-1], c)
 
 
-def expect_k_failure(part: bytes, pt: bytes, exc: Expected, c_part: int) -> None:
+def expect_k_failure(part: bytes, pt: bytes, exc: Expected, c_part: int | None) -> None:
     dec = KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], c_part)
     got = bytearray()
     with pytest.raises(exc):
@@ -555,15 +575,20 @@ def test_k_chunk_reordering(k_sample: tuple[bytes, bytes]) -> None:
 def test_k_truncation_and_extension(k_sample: tuple[bytes, bytes], delta: int) -> None:
     pt, part = k_sample
     changed = part[:delta] if delta < 0 else part + bytes(delta)
-    # the part length is bound into the key: a length that is not the one
-    # encrypted fails the commitment before any chunk
-    with pytest.raises(CommitmentMismatch):
+    # the backend's part length must agree with the authenticated header
+    with pytest.raises(Truncated if delta < 0 else TrailingData):
         KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(changed))
-    # against the declared (original) length: short -> Truncated, long -> TrailingData
+    # streaming against the header's length: short -> Truncated, long -> TrailingData
     if delta < 0:
         expect_k_failure(changed, pt, Truncated, len(part))
+        expect_k_failure(changed, pt, Truncated, None)
     else:
         expect_k_failure(changed, pt, TrailingData, len(part))
+        expect_k_failure(changed, pt, TrailingData, None)
+    # a header altered to match the new length fails the commitment
+    head = part[:6] + (len(pt) + delta).to_bytes(8, "big") + part[14:K_HEADER_SIZE]
+    with pytest.raises(CommitmentMismatch):
+        KPartDecryptor(DEK, OID, head, len(changed))
 
 
 @pytest.mark.parametrize("cut", [K_HEADER_SIZE, K_HEADER_SIZE + 1, K_HEADER_SIZE + 19, K_HEADER_SIZE + 3 + 16])
@@ -572,10 +597,12 @@ def test_k_truncation_at_chunk_boundaries(k_sample: tuple[bytes, bytes], cut: in
     expect_k_failure(part[:cut], pt, Truncated, len(part))
 
 
-def test_k_impossible_part_length() -> None:
+def test_k_part_length_disagreeing_with_header() -> None:
     part = k_encrypt(b"")
-    with pytest.raises(InvalidCiphertextSize):
+    with pytest.raises(Truncated):
         KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(part) - 1)
+    with pytest.raises(TrailingData):
+        KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(part) + 1)
 
 
 def test_k_splicing_and_wrong_key(k_sample: tuple[bytes, bytes]) -> None:
@@ -604,6 +631,7 @@ def test_k_wrong_part_number_expected(k_sample: tuple[bytes, bytes]) -> None:
 
 
 def make_k_object(sizes_numbers: Sequence[tuple[int, int]], oid: bytes = OID) -> tuple[bytes, bytes, list[int]]:
+    """(plaintext, body, part ciphertext sizes) of a K object."""
     pts, parts = [], []
     for i, (p, n) in enumerate(sizes_numbers):
         pt = pattern(p, 100 + i)
@@ -617,28 +645,31 @@ def make_k_object(sizes_numbers: Sequence[tuple[int, int]], oid: bytes = OID) ->
 def test_k_object_round_trip(sizes: list[int], cuts: list[int]) -> None:
     numbers = [1, 3, 7, 10_000][: len(sizes)]
     pt, body, part_sizes = make_k_object(list(zip(sizes, numbers, strict=True)))
-    assert bytes(feed(KObjectDecryptor(DEK, OID, part_sizes), body, cuts)) == pt
+    assert bytes(feed(KObjectDecryptor(DEK, OID, len(part_sizes)), body, cuts)) == pt
 
 
 def test_k_object_part_order() -> None:
-    pt, body, sizes = make_k_object([(100, 2), (100, 1)])
+    _, body, _ = make_k_object([(100, 2), (100, 1)])
     with pytest.raises(PartOrderError):
-        feed(KObjectDecryptor(DEK, OID, sizes), body)
-    pt, body, sizes = make_k_object([(100, 2), (100, 2)])
+        feed(KObjectDecryptor(DEK, OID, 2), body)
+    _, body, _ = make_k_object([(100, 2), (100, 2)])
     with pytest.raises(PartOrderError):
-        feed(KObjectDecryptor(DEK, OID, sizes), body)
+        feed(KObjectDecryptor(DEK, OID, 2), body)
 
 
 def test_k_object_truncated_and_trailing() -> None:
-    pt, body, sizes = make_k_object([(100, 1), (50, 2)])
-    with pytest.raises(Truncated):
-        feed(KObjectDecryptor(DEK, OID, sizes), body[:-1])
-    with pytest.raises(Truncated):
-        feed(KObjectDecryptor(DEK, OID, sizes), body[: sizes[0] + 10])
+    _, body, sizes = make_k_object([(100, 1), (50, 2)])
+    for cut in (1, 16, len(body) - sizes[0], len(body) - sizes[0] - 10, len(body) - 1):
+        with pytest.raises(Truncated):
+            feed(KObjectDecryptor(DEK, OID, 2), body[:cut])
+    with pytest.raises(Truncated):  # fewer parts than the ETag says
+        feed(KObjectDecryptor(DEK, OID, 3), body)
     with pytest.raises(TrailingData):
-        feed(KObjectDecryptor(DEK, OID, sizes), body + b"x")
+        feed(KObjectDecryptor(DEK, OID, 2), body + b"x")
+    with pytest.raises(TrailingData):  # more parts than the ETag says
+        feed(KObjectDecryptor(DEK, OID, 1), body)
     with pytest.raises(InvalidCiphertextSize):
-        KObjectDecryptor(DEK, OID, [sizes[0], 5])
+        KObjectDecryptor(DEK, OID, 0)
 
 
 def test_k_object_part_spliced_from_another_object() -> None:
@@ -646,14 +677,14 @@ def test_k_object_part_spliced_from_another_object() -> None:
     _, other, _ = make_k_object([(100, 1), (100, 2)], oid=OTHER_OID)
     spliced = body[: sizes[0]] + other[sizes[0] :]
     with pytest.raises(CommitmentMismatch):
-        feed(KObjectDecryptor(DEK, OID, sizes), spliced)
+        feed(KObjectDecryptor(DEK, OID, 2), spliced)
 
 
 def test_k_object_dropped_part_is_a_documented_limit() -> None:
     """FORMAT.md 5: dropping a whole part is not detected without a manifest."""
     pt, body, sizes = make_k_object([(100, 1), (100, 2), (100, 3)])
     dropped = body[: sizes[0]] + body[sizes[0] + sizes[1] :]
-    out = feed(KObjectDecryptor(DEK, OID, [sizes[0], sizes[2]]), dropped)
+    out = feed(KObjectDecryptor(DEK, OID, 2), dropped)
     assert out == pt[:100] + pt[200:]
 
 
@@ -715,7 +746,7 @@ def test_no_key_material_in_reprs_or_errors(s_sample: tuple[bytes, bytes], k_sam
         SRangeDecryptor(DEK, OID, ct[:S_HEADER_SIZE], S_TAMPER_P, s_span(S_TAMPER_P, 0, 1)),
         KPartEncryptor(DEK, OID, 1, 1),
         KPartDecryptor(DEK, OID, part[:K_HEADER_SIZE], len(part)),
-        KObjectDecryptor(DEK, OID, [len(part)]),
+        KObjectDecryptor(DEK, OID, 1),
     ]
     texts = [repr(o) for o in objs] + [str(o) for o in objs]
     for exc_call in (

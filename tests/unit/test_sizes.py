@@ -55,8 +55,8 @@ sizes_st = st.one_of(st.sampled_from(BOUNDARIES), st.integers(0, 3 * CHUNK_SIZE)
 def test_constants() -> None:
     assert S_HEADER_SIZE == 56
     assert S_FULL_CHUNK_CT == 16400
-    assert K_HEADER_SIZE == 62
-    assert K_PART_OVERHEAD == 62 + 16 * 1024 == 16446
+    assert K_HEADER_SIZE == 70
+    assert K_PART_OVERHEAD == 70 + 16 * 1024 == 16454
 
 
 @pytest.mark.parametrize("p", BOUNDARIES)

@@ -281,15 +281,16 @@ def test_own_k_vectors_against_reference(v: dict[str, Any]) -> None:
     assert cs == v["chunk_size"]
     pt = plaintext(p)
     pieces = [pt[min(k * cs, p) : min((k + 1) * cs, p)] for k in range(1024)]
-    header = bytes([1]) + b"K" + struct.pack(">I", n) + salt + okm[44:]
+    header = bytes([1]) + b"K" + struct.pack(">I", n) + struct.pack(">Q", p) + salt + okm[44:]
+    assert len(header) == 70
     part = header + ref_chunks(AESGCM(okm[:32]), okm[32:44], pieces)
-    assert len(part) == v["ct_len"] == p + 62 + 16 * 1024
+    assert len(part) == v["ct_len"] == p + 70 + 16 * 1024
     assert hashlib.sha256(part).hexdigest() == v["ct_sha256"]
     assert header.hex() == v["header"]
-    assert part[62 : 62 + len(pieces[0]) + 16].hex() == v["first_chunk"]
+    assert part[70 : 70 + len(pieces[0]) + 16].hex() == v["first_chunk"]
     assert part[len(part) - len(pieces[-1]) - 16 :].hex() == v["last_chunk"]
-    dec = KPartDecryptor(DEK, OBJECT_ID, part[:62], len(part), expected_part_number=n)
-    assert dec.update(part[62:]) + dec.finalize() == pt
+    dec = KPartDecryptor(DEK, OBJECT_ID, part[:70], len(part), expected_part_number=n)
+    assert dec.update(part[70:]) + dec.finalize() == pt
 
 
 def ref_b64u(data: bytes) -> str:

@@ -147,7 +147,9 @@ def envelope_vectors() -> list[dict[str, Any]]:
         object_id = hashlib.sha256(f"s3proxy vector object id {i}".encode()).digest()[:16]
         w = case["wrapped"]
         wrapped = WrappedKey(w["backend"], w["key_id"], w["algorithm"], bytes.fromhex(w["blob"]))
-        env = envelope.make_envelope(DEK, case["layout"], object_id, wrapped, case["context"], case["bucket"], case["key"])
+        env = envelope.make_envelope(
+            DEK, case["layout"], object_id, wrapped, case["context"], case["bucket"], case["key"]
+        )
         out.append(
             {
                 **case,
