@@ -74,6 +74,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level, "console")
 
+    tls: dict[str, Any] = {}
+    if args.tls:
+        from s3proxy.tlsutil import self_signed
+
+        files = self_signed(data_dir / "tls") if not (data_dir / "tls" / "tls-cert.pem").exists() else None
+        cert_dir = data_dir / "tls"
+        tls = {"tls": {"cert": str(cert_dir / "tls-cert.pem"), "key": str(cert_dir / "tls-key.pem")}}
+        del files
+
     async def main() -> None:
         store_root = data_dir / "store"
         store_root.mkdir(exist_ok=True)
@@ -93,12 +102,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 "identities": [{"name": "dev", "access_key": state["access_key"], "secret_key": state["secret_key"]}],
                 "keys": {"backend": "local", "local": {"master_keys": {"dev": state["master_key"]}}, "audit": {"target": "off"}},
                 "log": {"format": "console", "level": args.log_level, "access_log": args.access_log},
+                **tls,
             },
         )
 
         def banner(port: int) -> None:
             host = settings.listen_addr[0]
-            ep = f"http://{host}:{port}"
+            scheme = "https" if args.tls else "http"
+            ep = f"{scheme}://{host}:{port}"
+            ca = f" --ca-bundle {data_dir / 'tls' / 'tls-cert.pem'}" if args.tls else ""
             print(
                 f"""
 s3proxy dev is running (Ctrl-C to stop)
@@ -110,8 +122,8 @@ s3proxy dev is running (Ctrl-C to stop)
 
 Try it:
   export AWS_ACCESS_KEY_ID={state['access_key']} AWS_SECRET_ACCESS_KEY={state['secret_key']} AWS_DEFAULT_REGION=us-east-1
-  aws --endpoint-url {ep} s3 cp README.md s3://{args.bucket}/
-  aws --endpoint-url {ep} s3 ls s3://{args.bucket}/
+  aws --endpoint-url {ep}{ca} s3 cp README.md s3://{args.bucket}/
+  aws --endpoint-url {ep}{ca} s3 ls s3://{args.bucket}/
 """,
                 flush=True,
             )
@@ -152,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bucket", default="demo", help="bucket created at start")
     d.add_argument("--log-level", default="info")
     d.add_argument("--access-log", action="store_true")
+    d.add_argument("--tls", action="store_true", help="serve HTTPS with a generated self-signed certificate")
     d.set_defaults(func=cmd_dev)
 
     c = sub.add_parser("check-config", help="validate configuration and exit")

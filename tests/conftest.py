@@ -149,8 +149,10 @@ def start_proxy(settings: Any) -> Proxy:
     from aiohttp import web
 
     from s3proxy.app import build_app
+    from s3proxy.server import make_ssl_context
 
     loop = asyncio.new_event_loop()
+    ssl_ctx = make_ssl_context(settings)
     ready: dict[str, Any] = {}
     started = threading.Event()
 
@@ -158,7 +160,7 @@ def start_proxy(settings: Any) -> Proxy:
         app = build_app(settings)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, read_bufsize=1 << 20)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
         await site.start()
         ready["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         ready["app"] = app
@@ -177,7 +179,8 @@ def start_proxy(settings: Any) -> Proxy:
     if not started.wait(30):
         raise RuntimeError("proxy did not start")
     port = ready["port"]
-    return Proxy(f"http://127.0.0.1:{port}", port, ready["app"], loop, t, settings)
+    scheme = "https" if ssl_ctx is not None else "http"
+    return Proxy(f"{scheme}://127.0.0.1:{port}", port, ready["app"], loop, t, settings)
 
 
 def stop_proxy(p: Proxy) -> None:

@@ -1,6 +1,7 @@
 """A small S3-compatible server over a data directory (aiohttp), for development.
 
-Path-style addressing only (``http://host:port/<bucket>/<key>``).  Every
+Path-style addressing (``http://host:port/<bucket>/<key>``), plus
+virtual-hosted style for ``Host: <bucket>.localhost``.  Every
 request must be SigV4-signed (header or presigned URL) with one of the
 configured access keys; payloads may be ``UNSIGNED-PAYLOAD``, a hex SHA-256
 (verified) or aws-chunked (signed or unsigned, with trailing checksums).
@@ -58,7 +59,6 @@ from s3proxy.devstore.store import (
     Store,
     UploadInfo,
     copy_range,
-    valid_bucket_name,
 )
 from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
 from s3proxy.http.checksums import Checker, ChecksumError
@@ -425,8 +425,10 @@ class DevStoreServer:
         region: str = "us-east-1",
         min_part_size: int = DEFAULT_MIN_PART_SIZE,
         max_object_size: int = MAX_OBJECT_SIZE,
+        virtual_host_domains: tuple[str, ...] = ("localhost",),
     ) -> None:
         self.store = store
+        self.virtual_host_domains = virtual_host_domains
         self.credentials = dict(credentials)
         self.region = region
         self.min_part_size = min_part_size
@@ -486,6 +488,9 @@ class DevStoreServer:
         if not path.startswith("/"):
             raise S3Error("InvalidURI", "Couldn't parse the specified URI.", 400)
         bucket, sep, key = path[1:].partition("/")
+        vhost_bucket = self._virtual_host_bucket(request.headers.get("Host", ""))
+        if vhost_bucket is not None:
+            bucket, sep, key = vhost_bucket, "/", path[1:]
         query: dict[str, str] = {}
         for part in raw_query.split("&"):
             if not part:
@@ -503,6 +508,20 @@ class DevStoreServer:
             key=key if (bucket and sep and key) else None,
             query=query,
         )
+
+    def _virtual_host_bucket(self, host: str) -> str | None:
+        """The bucket of a virtual-hosted-style request (``<bucket>.<domain>[:port]``), else None."""
+        if not self.virtual_host_domains:
+            return None
+        name = host.strip().lower()
+        if name.startswith("["):
+            return None
+        name = name.rsplit(":", 1)[0] if ":" in name else name
+        for domain in self.virtual_host_domains:
+            suffix = "." + domain.lower().strip(".")
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+        return None
 
     def _authenticate(self, ctx: _Ctx) -> None:
         view = RequestView(ctx.request.method, ctx.raw_path, ctx.raw_query, list(ctx.request.headers.items()))
@@ -763,13 +782,21 @@ class DevStoreServer:
         if buf:
             await asyncio.to_thread(sink.write, bytes(buf))
 
-    async def _read_small(self, ctx: _Ctx, limit: int = MAX_XML_BODY) -> bytes:
-        """A small (XML) request body, read whole and verified."""
+    async def _read_small(self, ctx: _Ctx, limit: int = MAX_XML_BODY, *, body_checksums: bool = True) -> bytes:
+        """A small (XML) request body, read whole and verified.
+
+        ``body_checksums=False``: the request's ``x-amz-checksum-*`` headers
+        describe something else (CompleteMultipartUpload: the whole object)
+        and are not checked; ``Content-MD5`` still is.
+        """
         assert ctx.auth is not None
         decoder, declared, trailer_names = self._body_framing(ctx)
         if declared is not None and declared > limit:
             raise S3Error("MaxMessageLengthExceeded", "Your request was too big.", 400)
-        checker = Checker.from_headers(ctx.request.headers, trailer_names)
+        check_headers: CIMultiDictProxy[str] | dict[str, str] = ctx.request.headers
+        if not body_checksums:
+            check_headers = {k: v for k, v in ctx.request.headers.items() if k.lower() == "content-md5"}
+        checker = Checker.from_headers(check_headers, trailer_names)
         raw = bytearray()
         while True:
             try:
@@ -857,7 +884,8 @@ class DevStoreServer:
         prefixes = "".join(
             f"<CommonPrefixes>{_el('Prefix', enc(p))}</CommonPrefixes>" for p in result.common_prefixes
         )
-        parts = [_el("Name", ctx.bucket), _el("Prefix", enc(prefix))]
+        # V1 echoes Prefix unencoded: botocore decodes only Delimiter, Marker and NextMarker there.
+        parts = [_el("Name", ctx.bucket), _el("Prefix", enc(prefix) if v2 else prefix)]
         if v2:
             if delimiter:
                 parts.append(_el("Delimiter", enc(delimiter)))
@@ -1141,7 +1169,7 @@ class DevStoreServer:
         assert ctx.bucket is not None and ctx.key is not None
         self._reject_sse_c(ctx.request)
         headers, metadata = _object_headers(ctx.request.headers)
-        await self._read_small(ctx)
+        await self._read_small(ctx, body_checksums=False)
         upload_id = await asyncio.to_thread(self.store.create_upload, ctx.bucket, ctx.key, headers, metadata)
         body = _document(
             "InitiateMultipartUploadResult",
@@ -1310,7 +1338,7 @@ class DevStoreServer:
         upload_id = ctx.query["uploadId"]
         precondition = _write_conditions(ctx.request, ctx.key)
         await asyncio.to_thread(self.store.get_upload, ctx.bucket, upload_id, ctx.key)
-        root = _parse_xml(await self._read_small(ctx))
+        root = _parse_xml(await self._read_small(ctx, body_checksums=False))
         if root.tag != "CompleteMultipartUpload":
             raise malformed_xml()
         requested: list[tuple[int, str]] = []
@@ -1352,16 +1380,26 @@ def build_devstore_app(
     region: str = "us-east-1",
     min_part_size: int = DEFAULT_MIN_PART_SIZE,
     fsync: bool = False,
+    virtual_host_domains: tuple[str, ...] = ("localhost",),
 ) -> web.Application:
     """An aiohttp application serving the S3 API over the data directory ``root``.
 
     ``credentials`` maps access key ids to secret keys; every request must be
     signed with one of them.  ``min_part_size`` is the smallest size allowed
     for a multipart part other than the last (S3: 5 MiB).  ``fsync`` makes
-    every commit durable (slower).
+    every commit durable (slower).  Requests are path-style, except that a
+    ``Host`` of ``<bucket>.<domain>`` for a domain in
+    ``virtual_host_domains`` is virtual-hosted style (what SDKs do with an
+    endpoint of ``http://localhost:PORT``).
     """
     store = Store(Path(root), fsync=fsync)
-    server = DevStoreServer(store, credentials, region=region, min_part_size=min_part_size)
+    server = DevStoreServer(
+        store,
+        credentials,
+        region=region,
+        min_part_size=min_part_size,
+        virtual_host_domains=virtual_host_domains,
+    )
     app = web.Application()
     app[DEVSTORE_KEY] = server
     app.router.add_route("*", "/{tail:.*}", server.handle)

@@ -48,7 +48,6 @@ from typing import IO, Any
 
 from s3proxy.devstore.errors import (
     S3Error,
-    invalid_argument,
     malformed_xml,
     no_such_bucket,
     no_such_key,
@@ -204,13 +203,13 @@ class Sink:
     ``write`` and ``finish`` do blocking I/O: call them from a thread.
     """
 
-    def __init__(self, directory: Path, *, sha256: bool = False, fsync: bool = False) -> None:
+    def __init__(self, directory: Path, *, md5: bool = True, sha256: bool = False, fsync: bool = False) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{uuid.uuid4().hex}.tmp"
         self._file: IO[bytes] | None = open(self.path, "xb")  # noqa: SIM115 - closed in finish/discard
         self._fsync = fsync
         self.size = 0
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         self.sha256 = hashlib.sha256() if sha256 else None
         self.observers: list[Callable[[bytes | memoryview], None]] = []
         self.committed = False
@@ -218,16 +217,18 @@ class Sink:
     def write(self, data: bytes | memoryview) -> None:
         assert self._file is not None
         self._file.write(data)
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         if self.sha256 is not None:
             self.sha256.update(data)
         for observer in self.observers:
             observer(data)
         self.size += len(data)
 
-    def write_many(self, pieces: Sequence[bytes | memoryview]) -> None:
-        for piece in pieces:
-            self.write(piece)
+    def md5_hex(self) -> str:
+        if self.md5 is None:
+            raise ValueError("this sink does not compute an MD5")
+        return self.md5.hexdigest()
 
     def finish(self) -> None:
         if self._file is not None:
@@ -318,9 +319,9 @@ class Store:
     def tmp_dir(self, bucket: str) -> Path:
         return self._bdir(bucket) / "tmp"
 
-    def new_sink(self, bucket: str, *, sha256: bool = False) -> Sink:
+    def new_sink(self, bucket: str, *, md5: bool = True, sha256: bool = False) -> Sink:
         self.require_bucket(bucket)
-        return Sink(self.tmp_dir(bucket), sha256=sha256, fsync=self.fsync)
+        return Sink(self.tmp_dir(bucket), md5=md5, sha256=sha256, fsync=self.fsync)
 
     def _write_json(self, bucket: str, path: Path, data: dict[str, Any]) -> None:
         tmp = self.tmp_dir(bucket)
@@ -441,7 +442,22 @@ class Store:
         for name in data_files:
             if name not in referenced:
                 _unlink(objects / name)  # left over by an interrupted commit
+        self._collect_upload_debris(bdir / "uploads")
         return index
+
+    def _collect_upload_debris(self, uploads: Path) -> None:
+        """Remove part data files no part sidecar names (interrupted part commits)."""
+        for entry in os.scandir(uploads):
+            if not entry.is_dir() or _UPLOAD_ID_RE.fullmatch(entry.name) is None:
+                continue
+            udir = Path(entry.path)
+            if not (udir / "upload.json").is_file():  # CreateMultipartUpload interrupted
+                shutil.rmtree(udir, ignore_errors=True)
+                continue
+            referenced = {part.data for part in self._read_parts(udir).values()}
+            for child in os.scandir(udir):
+                if _PART_DATA_RE.fullmatch(child.name) and child.name not in referenced:
+                    _unlink(Path(child.path))
 
     # -- objects ----------------------------------------------------------
 
@@ -495,7 +511,7 @@ class Store:
             info = ObjectInfo(
                 key=key,
                 size=sink.size,
-                etag=etag if etag is not None else sink.md5.hexdigest(),
+                etag=etag if etag is not None else sink.md5_hex(),
                 last_modified=time.time(),
                 data=data_name,
                 headers=dict(headers),
@@ -654,7 +670,7 @@ class Store:
             except FileNotFoundError:
                 raise no_such_upload(upload_id) from None
             sink.committed = True
-            part = PartInfo(number, sink.size, sink.md5.hexdigest(), time.time(), data_name)
+            part = PartInfo(number, sink.size, sink.md5_hex(), time.time(), data_name)
             try:
                 self._write_json(bucket, sidecar, part.__dict__)
             except BaseException:
@@ -749,7 +765,7 @@ class Store:
                         "MinSizeAllowed": str(min_part_size),
                     },
                 )
-        sink = self.new_sink(bucket)
+        sink = self.new_sink(bucket, md5=False)  # the ETag derives from the part MD5s
         try:
             for part in chosen:
                 try:
@@ -789,14 +805,3 @@ class Store:
             sink.discard()
         shutil.rmtree(trash, ignore_errors=True)
         return info
-
-    def check_part_number(self, value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
-        if not 1 <= number <= MAX_PARTS:
-            raise invalid_argument(
-                f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive", "partNumber", value
-            )
-        return number

@@ -1101,3 +1101,35 @@ def test_request_path_segments_are_not_normalised(devstore: DevStoreThread, s3: 
     s3.put_object(Bucket=bucket, Key="sl/x/y", Body=b"slash")
     status, _, data = devstore.request("GET", f"/{bucket}/{key}")
     assert status == 200 and data == b"slash"
+
+
+def test_boto3_managed_transfers(s3: Any, bucket: str) -> None:
+    data = os.urandom(12 * MiB + 1)
+    for extra in ({}, {"ChecksumAlgorithm": "SHA256"}, {"ChecksumAlgorithm": "CRC32C"}):
+        s3.upload_fileobj(io.BytesIO(data), bucket, "managed", ExtraArgs=extra or None)
+        head = s3.head_object(Bucket=bucket, Key="managed")
+        assert head["ContentLength"] == len(data) and head["ETag"].endswith('-2"')
+        out = io.BytesIO()
+        s3.download_fileobj(bucket, "managed", out)
+        assert out.getvalue() == data
+
+
+def test_listing_echoes_parameters(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="p q+/r", Body=b"")
+    v1 = s3.list_objects(Bucket=bucket, Prefix="p q+", Delimiter="/", Marker="p")
+    assert (v1["Prefix"], v1["Delimiter"], v1["Marker"]) == ("p q+", "/", "p")
+    assert v1["CommonPrefixes"] == [{"Prefix": "p q+/"}]
+    v2 = s3.list_objects_v2(Bucket=bucket, Prefix="p q+", Delimiter="/", StartAfter="p")
+    assert (v2["Prefix"], v2["Delimiter"], v2["StartAfter"]) == ("p q+", "/", "p")
+    assert v2["CommonPrefixes"] == [{"Prefix": "p q+/"}]
+
+
+def test_virtual_hosted_style_on_localhost(devstore: DevStoreThread, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="vh/key", Body=b"virtual")
+    host = {"host": f"{bucket}.localhost:{devstore.port}"}
+    status, _, data = devstore.request("GET", "/vh/key", headers=host)
+    assert status == 200 and data == b"virtual"
+    status, _, data = devstore.request("GET", "/", query=[("list-type", "2")], headers=host)
+    assert status == 200 and _xml(data).findtext("Contents/Key") == "vh/key"
+    status, _, data = devstore.request("GET", "/", headers={"host": f"no-such-bucket.localhost:{devstore.port}"})
+    assert status == 404 and b"NoSuchBucket" in data
