@@ -340,9 +340,22 @@ def _serve_null(listen: str, max_bytes: int) -> None:
 
         uvloop.install()
     host, _, port = listen.rpartition(":")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    web.run_app(build_null_app(max_bytes), host=host, port=int(port), access_log=None, print=None,
-                handle_signals=False)
+
+    async def serve() -> None:
+        runner = web.AppRunner(build_null_app(max_bytes), access_log=None, handle_signals=False,
+                               read_bufsize=4 << 20)
+        await runner.setup()
+        await web.TCPSite(runner, host, int(port), backlog=1024).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(serve())
 
 
 # --------------------------------------------------------------------------- process management
