@@ -2,7 +2,8 @@
 
 ``KObjectDecryptor`` walks a multipart (K layout) object from its first byte:
 part header -> that part's chunks -> next header, checking that part numbers
-strictly increase and that exactly ``n_parts`` parts are present.  Pure and
+strictly increase and that exactly ``n_parts`` parts are present (when the
+backend's ETag told us how many; ``None`` for backends without ``-N`` ETags).  Pure and
 synchronous like ``crypto.format``; the async glue lives in the handlers.
 """
 
@@ -13,7 +14,7 @@ from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
 
 
 class KObjectDecryptor:
-    def __init__(self, dek: bytes | bytearray, object_id: bytes, n_parts: int) -> None:
+    def __init__(self, dek: bytes | bytearray, object_id: bytes, n_parts: int | None) -> None:
         self._dek = dek
         self._oid = object_id
         self._n = n_parts
@@ -33,7 +34,7 @@ class KObjectDecryptor:
                 mv = mv[need:]
                 if len(self._hdr) < K_HEADER_SIZE:
                     break
-                if self._parts_done >= self._n:
+                if self._n is not None and self._parts_done >= self._n:
                     raise TrailingData("more parts than the object's part count")
                 header = bytes(self._hdr)
                 self._hdr.clear()
@@ -66,6 +67,6 @@ class KObjectDecryptor:
         self._parts_done += 1
 
     def finalize(self) -> bytes:
-        if self._part is not None or self._hdr or self._parts_done != self._n:
+        if self._part is not None or self._hdr or (self._n is not None and self._parts_done != self._n):
             raise Truncated("multipart object ended early")
         return b""

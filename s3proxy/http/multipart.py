@@ -49,8 +49,8 @@ from s3proxy.http.objects import (
     copy_result_xml,
     parse_copy_source,
     part_table,
-    plaintext_size,
     read_envelope,
+    resolve_size,
     unseal,
     write_headers,
 )
@@ -198,7 +198,7 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
         raise S3Error("AccessDenied", "The source object's encryption metadata is not bound to its name.", 403) from None
     etag = head.headers.get("ETag", "")
     total = int(head.headers.get("Content-Length", "0"))
-    size = plaintext_size(env, total, etag)
+    size = await resolve_size(ctx, src_bucket, src_key, env, etag, total)
     start, end = _copy_range(ctx.request.headers.get("x-amz-copy-source-range"), size)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
     backend_id, object_id, dek, _ = await _upload_dek(ctx, "UploadPartCopy")

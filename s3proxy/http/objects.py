@@ -97,6 +97,16 @@ def plaintext_size(env: Envelope, ct_total: int, etag: str | None) -> int:
         raise integrity_error() from None
 
 
+async def resolve_size(
+    ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None = None
+) -> int:
+    """Plaintext size; for multipart objects on backends whose ETags lack ``-N``, walk the part headers."""
+    if env.layout == "K" and parts_from_etag(etag) is None:
+        table = await part_table(ctx, bucket, key, env, etag, ct_total, first_header)
+        return ct_total - len(table) * sizes.K_PART_OVERHEAD
+    return plaintext_size(env, ct_total, etag)
+
+
 def read_envelope(headers: Mapping[str, str]) -> Envelope | None:
     try:
         return decode_metadata(user_metadata(headers))
@@ -214,7 +224,7 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
     sse.check_customer_key(ctx, env)
     ct_total = int(resp.headers.get("Content-Length", "0"))
     etag = resp.headers.get("ETag")
-    size = plaintext_size(env, ct_total, etag)
+    size = await resolve_size(ctx, bucket, key, env, etag or "", ct_total)
     hdrs = out_headers(ctx, resp.headers, env)
     status = 200
     if part_number is not None:
@@ -268,11 +278,12 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
             raise unencrypted(ctx)
         sse.check_customer_key(ctx, sealed.env)
         ct_total = int(resp.headers.get("Content-Length", "0"))
-        size = plaintext_size(sealed.env, ct_total, resp.headers.get("ETag"))
+        etag = resp.headers.get("ETag", "")
+        size = await resolve_size(ctx, bucket, key, sealed.env, etag, ct_total)
         if sealed.env.layout == "S":
             dec: SDecryptor | KObjectDecryptor = SDecryptor(sealed.dek, sealed.env.object_id)
         else:
-            dec = KObjectDecryptor(sealed.dek, sealed.env.object_id, parts_from_etag(resp.headers.get("ETag")) or 0)
+            dec = KObjectDecryptor(sealed.dek, sealed.env.object_id, parts_from_etag(etag))
     except BaseException:
         resp.release()
         raise
@@ -321,11 +332,19 @@ async def fetch_bytes(ctx: Ctx, bucket: str, key: str, start: int, end: int, eta
         data = await resp.read()
     finally:
         resp.release()
-    if resp.status == 200:
-        data = data[start:end]
+    if not _is_range_response(resp, start, end):
+        data = data[start:end]  # the backend ignored Range and sent the whole object
     if len(data) != end - start:
         raise integrity_error()
     return data
+
+
+def _is_range_response(resp: aiohttp.ClientResponse, start: int, end: int) -> bool:
+    """206, or a 200 that still carries the asked-for Content-Range (rclone's S3 server does that)."""
+    if resp.status == 206:
+        return True
+    cr = resp.headers.get("Content-Range", "")
+    return resp.status == 200 and cr.startswith(f"bytes {start}-{end - 1}/")
 
 
 async def part_table(
@@ -339,7 +358,7 @@ async def part_table(
     if cached is not None:
         return [(cached[2 * i], cached[2 * i + 1]) for i in range(len(cached) // 2)]
     n = parts_from_etag(etag)
-    if n is None or n < 1:
+    if n is not None and n < 1:
         raise integrity_error()
     q = version_query(ctx)
     H, O = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
@@ -347,21 +366,22 @@ async def part_table(
         first_header = await fetch_bytes(ctx, bucket, key, 0, H, etag, q)
     c1 = _header_len(first_header)
     table: list[tuple[int, int]] | None = None
-    last = ct_total - (n - 1) * c1
-    if O <= last <= c1:
+    last = ct_total - ((n or 1) - 1) * c1
+    if n is not None and O <= last <= c1:
         guess = [(i * c1, c1) for i in range(n - 1)] + [((n - 1) * c1, last)]
         # Check the guess against the authenticated length in each part header.
         headers = await asyncio.gather(*(fetch_bytes(ctx, bucket, key, off, off + H, etag, q) for off, _ in guess[1:]))
         if all(_header_len(h) == c for h, (_, c) in zip(headers, guess[1:], strict=True)):
             table = guess
     if table is None:
+        # Walk the authenticated-length part headers with small ranged GETs.
         table, off = [], 0
-        for _ in range(n):
+        while off < ct_total and len(table) < (n or sizes.MAX_PART_NUMBER):
             h = first_header if off == 0 else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
             c = _header_len(h)
             table.append((off, c))
             off += c
-        if off != ct_total:
+        if off != ct_total or (n is not None and len(table) != n):
             raise integrity_error()
     if len(ctx.state.part_tables) > 1024:
         ctx.state.part_tables.clear()
@@ -390,8 +410,8 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
         return await backend_error(ctx, probe)
     try:
         head = await read_at_most(probe, PROBE_BYTES)
-        if probe.status == 206:
-            total = int(probe.headers.get("Content-Range", "/0").rsplit("/", 1)[1])
+        if "Content-Range" in probe.headers:
+            total = int(probe.headers["Content-Range"].rsplit("/", 1)[1])
         else:
             total = int(probe.headers.get("Content-Length", "0"))
     finally:
@@ -402,8 +422,8 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
         return await _foreign_or_refuse(ctx)
     env = sealed.env
     sse.check_customer_key(ctx, env)
-    size = plaintext_size(env, total, etag)
     table = await part_table(ctx, bucket, key, env, etag, total, head[: sizes.K_HEADER_SIZE] if env.layout == "K" else None)
+    size = await resolve_size(ctx, bucket, key, env, etag, total)
     part_number = ctx.route.q("partNumber")
     hdrs = out_headers(ctx, probe.headers, env)
     hdrs["Accept-Ranges"] = "bytes"
@@ -471,7 +491,7 @@ async def _stream_ciphertext(
         "GET", bucket, key, query=q, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
     )
     try:
-        if resp.status != 206:
+        if not _is_range_response(resp, start, end):
             raise integrity_error() if resp.status != 412 else S3Error("PreconditionFailed", "The object changed while it was being read.", 412)
         async for chunk in resp.content.iter_chunked(READ_SIZE):
             yield chunk

@@ -6,12 +6,14 @@ attributes (``url``, ``settings.identities``, ``state.backend.requests_sent``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import http.client
 import os
 import socket
 import uuid
+import zlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -255,9 +257,56 @@ def assert_read_fails(reply: Reply) -> None:
         reply.error()
 
 
+def aws_chunked_body(data: bytes, piece: int = 64 * KiB, *, complete: bool = True,
+                     trailer: bytes | None = None) -> bytes:
+    """``data`` as an aws-chunked body (unsigned, CRC32 trailer), wrapped in HTTP chunked framing."""
+    frames = [b"%x\r\n" % len(data[i:i + piece]) + data[i:i + piece] + b"\r\n" for i in range(0, len(data), piece)]
+    if complete:
+        if trailer is None:
+            trailer = b"x-amz-checksum-crc32:" + base64.b64encode(zlib.crc32(data).to_bytes(4, "big"))
+        frames.append(b"0\r\n" + trailer + b"\r\n\r\n")
+    out = b"".join(b"%x\r\n" % len(f) + f + b"\r\n" for f in frames)
+    return out + (b"0\r\n\r\n" if complete else b"")
+
+
+def raw_put_head(proxy: Any, bucket: str, key: str, mode: str, total: int, *, trailer: str = "x-amz-checksum-crc32") -> bytes:
+    """Request line + headers of a signed PUT: ``mode`` "chunked" (aws-chunked, unsigned, trailer) or "content-length"."""
+    ak, sk = main_creds(proxy)
+    url = object_url(proxy.url, bucket, key)
+    if mode == "chunked":
+        req = sign("PUT", url, ak, sk, payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER", headers={
+            "Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(total),
+            "X-Amz-Trailer": trailer,
+        })
+        extra = "Transfer-Encoding: chunked\r\n"
+    else:
+        req = sign("PUT", url, ak, sk, payload_hash="UNSIGNED-PAYLOAD")
+        extra = f"Content-Length: {total}\r\n"
+    path = url.split(proxy.url, 1)[1]
+    head = f"PUT {path} HTTP/1.1\r\nHost: {proxy.url.split('//', 1)[1]}\r\n" + extra
+    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
+    return head.encode()
+
+
 def raw_socket(proxy: Any, timeout: float = 10) -> socket.socket:
     parts = urlsplit(proxy.url)
     return socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+
+
+def send_raw(proxy: Any, payload: bytes, timeout: float = 30) -> Reply:
+    """Write ``payload`` (a whole hand-made HTTP request) to a fresh socket and read one response."""
+    sock = raw_socket(proxy, timeout)
+    try:
+        sock.sendall(payload)
+        resp = http.client.HTTPResponse(sock, method=payload.split(b" ", 1)[0].decode())
+        resp.begin()
+        hdrs = {k.lower(): v for k, v in resp.getheaders()}
+        try:
+            return Reply(resp.status, hdrs, resp.read())
+        except (http.client.IncompleteRead, OSError) as e:
+            return Reply(resp.status, hdrs, None, aborted=True, exc=e)
+    finally:
+        sock.close()
 
 
 def presigner(proxy: Any, **kw: Any) -> Any:

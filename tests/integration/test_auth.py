@@ -8,18 +8,17 @@ and RequestId, and ``x-amz-request-id`` must equal the RequestId.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 import urllib.error
 import urllib.request
-import zlib
 from datetime import timedelta
 
 import pytest
 from botocore.exceptions import ClientError
 from tests.integration.helpers import (
     KiB,
+    aws_chunked_body,
     MiB,
     absent,
     assert_s3_error,
@@ -31,8 +30,10 @@ from tests.integration.helpers import (
     presigner,
     proxy_alive,
     rand,
+    raw_put_head,
     raw_socket,
     send,
+    send_raw,
     send_signed,
     sign,
     signed,
@@ -314,44 +315,11 @@ def test_huge_header(proxy, s3, bucket):
     _after(s3, bucket)
 
 
-def _aws_chunked(data: bytes, piece: int = 64 * KiB, *, complete: bool = True) -> bytes:
-    """``data`` as an aws-chunked body (unsigned, CRC32 trailer), wrapped in HTTP chunked framing."""
-    frames = [b"%x\r\n" % len(data[i:i + piece]) + data[i:i + piece] + b"\r\n" for i in range(0, len(data), piece)]
-    if complete:
-        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big"))
-        frames.append(b"0\r\nx-amz-checksum-crc32:" + crc + b"\r\n\r\n")
-    out = b"".join(b"%x\r\n" % len(f) + f + b"\r\n" for f in frames)
-    return out + (b"0\r\n\r\n" if complete else b"")
-
-
-def _raw_put_request(proxy, bucket, key, mode, total):
-    ak, sk = main_creds(proxy)
-    url = object_url(proxy.url, bucket, key)
-    if mode == "chunked":
-        req = sign("PUT", url, ak, sk, payload_hash="STREAMING-UNSIGNED-PAYLOAD-TRAILER", headers={
-            "Content-Encoding": "aws-chunked", "X-Amz-Decoded-Content-Length": str(total),
-            "X-Amz-Trailer": "x-amz-checksum-crc32",
-        })
-        extra = "Transfer-Encoding: chunked\r\n"
-    else:
-        req = sign("PUT", url, ak, sk, payload_hash="UNSIGNED-PAYLOAD")
-        extra = f"Content-Length: {total}\r\n"
-    path = url.split(proxy.url, 1)[1]
-    head = f"PUT {path} HTTP/1.1\r\nHost: {proxy.url.split('//', 1)[1]}\r\n" + extra
-    head += "".join(f"{k}: {v}\r\n" for k, v in req.headers.items()) + "\r\n"
-    return head.encode()
-
-
 def test_aws_chunked_raw_upload_complete(proxy, s3, bucket):
     """The hand-built aws-chunked framing used below is accepted when complete."""
     data = rand(200 * KiB + 5)
-    sock = raw_socket(proxy)
-    try:
-        sock.sendall(_raw_put_request(proxy, bucket, "whole", "chunked", len(data)) + _aws_chunked(data))
-        reply = sock.recv(65536)
-    finally:
-        sock.close()
-    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    reply = send_raw(proxy, raw_put_head(proxy, bucket, "whole", "chunked", len(data)) + aws_chunked_body(data))
+    assert reply.status == 200, reply
     assert s3.get_object(Bucket=bucket, Key="whole")["Body"].read() == data
 
 
@@ -359,12 +327,12 @@ def _cut_upload(proxy, bucket, key, mode):
     """Start a 1 MiB PUT, send part of its body, then close the socket."""
     total = 1 * MiB
     if mode == "chunked":
-        body = _aws_chunked(rand(total // 3), complete=False)
+        body = aws_chunked_body(rand(total // 3), complete=False)
     else:
         body = rand(total // 3)
     sock = raw_socket(proxy)
     try:
-        sock.sendall(_raw_put_request(proxy, bucket, key, mode, total) + body)
+        sock.sendall(raw_put_head(proxy, bucket, key, mode, total) + body)
         time.sleep(0.2)
     finally:
         sock.close()
