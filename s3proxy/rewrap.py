@@ -868,14 +868,16 @@ class Rewrapper:
             self._pending_failed = set(state.failed)
             self.report.resumed_after = state.after
             self.report.retried = len(state.failed)
+            finished = False
             try:
                 if state.failed:
                     await self._pool(state.failed)
                 await self._walk(state.after)
+                finished = True
             finally:
                 # Also on Ctrl-C / crash: what finished stays finished.
                 if not self.dry_run:
-                    if self.report.ok and not self._pending_failed:
+                    if finished and self.report.ok and not self._pending_failed:
                         with contextlib.suppress(FileNotFoundError):
                             self.state_path.unlink()
                     else:

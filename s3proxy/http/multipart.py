@@ -46,6 +46,7 @@ from s3proxy.http.objects import (
     Sealed,
     _decrypt_range,
     check_source_access,
+    cond_headers,
     copy_result_xml,
     parse_copy_source,
     part_table,
@@ -179,7 +180,7 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
     if ctx.state.settings.bucket(src_bucket).mode != "encrypt":
         raise S3Error("NotImplemented", "UploadPartCopy from a passthrough bucket is not supported", 501)
     vq = [("versionId", src_version)] if src_version else []
-    cond = {k[len("x-amz-copy-source-"):]: v for k, v in ctx.request.headers.items() if k.lower().startswith("x-amz-copy-source-if-")}
+    cond = cond_headers(ctx, "x-amz-copy-source-")
     head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq, headers=cond)
     head.release()
     if head.status != 200:

@@ -152,8 +152,26 @@ def abort_connection(ctx: Ctx) -> None:
         transport.abort()
 
 
-def cond_headers(ctx: Ctx) -> dict[str, str]:
-    return {k: v for k, v in ctx.request.headers.items() if k.lower() in CONDITIONAL}
+def quote_etags(value: str) -> str:
+    """S3 accepts unquoted ETags in If-Match-like headers; some backends compare literally."""
+    out = []
+    for tok in value.split(","):
+        t = tok.strip()
+        if t and t != "*" and not t.startswith(('"', "W/")):
+            t = f'"{t}"'
+        out.append(t)
+    return ", ".join(out)
+
+
+def cond_headers(ctx: Ctx, prefix: str = "") -> dict[str, str]:
+    """Conditional headers (``prefix`` = "x-amz-copy-source-" for a copy's source), ETags quoted."""
+    out = {}
+    for k, v in ctx.request.headers.items():
+        name = k.lower()
+        if name.startswith(prefix) and name[len(prefix):] in CONDITIONAL:
+            base = name[len(prefix):]
+            out[base] = quote_etags(v) if base in ("if-match", "if-none-match") else v
+    return out
 
 
 def version_query(ctx: Ctx) -> list[tuple[str, str]]:
@@ -511,6 +529,8 @@ async def _decrypt_range(
     if env.layout == "S":
         p = total and sizes.s_plaintext_size(total)
         span = sizes.s_span(p, start, end)
+        if len(head) < sizes.S_HEADER_SIZE:
+            head = await fetch_bytes(ctx, bucket, key, 0, sizes.S_HEADER_SIZE, etag, q)
         dec = SRangeDecryptor(dek, env.object_id, head[: sizes.S_HEADER_SIZE], p, span)
         async for chunk in _stream_ciphertext(ctx, bucket, key, span.ct_start, span.ct_end, etag, q, head):
             out = dec.update(chunk)
@@ -602,11 +622,13 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
     if ctx.state.settings.bucket(src_bucket).mode != "encrypt":
         raise S3Error("NotImplemented", "copying from a passthrough bucket into an encrypted one is not supported", 501)
     vq = [("versionId", src_version)] if src_version else []
-    head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq)
+    head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq, headers=cond_headers(ctx, "x-amz-copy-source-"))
     head.release()
     if head.status != 200:
         if head.status == 404:
             raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        if head.status in (304, 412):
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
         raise S3Error("AccessDenied" if head.status == 403 else "InternalError", "cannot read the copy source", head.status)
     env = read_envelope(head.headers)
     if env is None:
@@ -631,9 +653,8 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
                 headers[k] = v
     for k, v in encode_metadata(new_env).items():
         headers[META + k] = v
-    for k, v in ctx.request.headers.items():
-        if k.lower().startswith("x-amz-copy-source-if-"):
-            headers[k.lower()] = v
+    for k, v in cond_headers(ctx, "x-amz-copy-source-").items():
+        headers["x-amz-copy-source-" + k] = v
     if env.layout == "K":
         return await multipart.copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers)
     headers["x-amz-copy-source"] = ctx.state.backend.path_for(src_bucket, src_key) + (
