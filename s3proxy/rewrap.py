@@ -140,6 +140,12 @@ def parts_from_etag(etag: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def quoted(etag: str) -> str:
+    """An ETag in the quoted form conditions expect (some backends send it bare)."""
+    etag = etag.strip()
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+
+
 def copy_source(bucket: str, key: str) -> str:
     """``x-amz-copy-source`` of ``bucket/key`` (never the backend URL's path prefix)."""
     return "/" + quote(bucket, safe="") + "/" + encode_key(key)
@@ -226,7 +232,6 @@ class RewrapReport:
 class _State:
     after: str | None = None
     failed: list[str] = field(default_factory=list)
-    listing_complete: bool = False
 
 
 class _Tracker:
@@ -323,6 +328,7 @@ class Rewrapper:
         self._checkpointed_after: str | None = None
         self._last_progress = 0.0
         self._listing_done = False
+        self._walk_finished = False
         self._tty = bool(getattr(self.err, "isatty", lambda: False)())
 
     # -- backend requests ----------------------------------------------------
@@ -509,14 +515,15 @@ class Rewrapper:
             return "sse-c", ""
         if env.wrapped.backend == self.keys.write_backend.name and env.wrapped.key_id in self.target_ids:
             return "already", ""
-        etag = head.headers.get("ETag", "")
+        etag = quoted(head.headers.get("ETag", ""))
         total = int(head.headers.get("Content-Length", "-1"))
         n = parts_from_etag(etag)
-        if (env.layout == "S") != (n is None) or not etag or total < 0:
+        # Some backends (rclone) give multipart objects plain ETags; an S object never has "-N".
+        if (env.layout == "S" and n is not None) or etag == '""' or total < 0:
             raise RewrapError(f"layout {env.layout} does not match the backend ETag {etag!r}; not re-wrapped")
         if env.layout == "S" and total > MAX_COPY_OBJECT_BYTES:
             raise RewrapError("S object larger than 5 GiB: S3 cannot server-side copy it in one request")
-        table = await self._part_table(key, etag, total, n) if n is not None else None
+        table = await self._part_table(key, etag, total, n) if env.layout == "K" else None
 
         audit = self._audit(key)
         dek = await self.keys.data_key_for_read(env.wrapped, dict(env.context), audit)
@@ -573,8 +580,10 @@ class Rewrapper:
                 pairs.append((_child_text(el, "Key") or "", _child_text(el, "Value") or ""))
         return urlencode(pairs, quote_via=quote) if pairs else None
 
-    async def _part_table(self, key: str, etag: str, total: int, n: int) -> list[tuple[int, int]]:
+    async def _part_table(self, key: str, etag: str, total: int, n: int | None) -> list[tuple[int, int]]:
         """[(offset, length)] of each part as the backend stored it (no body bytes read)."""
+        if n is None:  # no "-N" in the ETag: the part headers are all there is
+            return await self._part_table_from_headers(key, etag, total, None)
         sem = asyncio.Semaphore(PART_CONCURRENCY)
 
         async def part_size(i: int) -> int | None:
@@ -603,12 +612,14 @@ class Rewrapper:
             return table
         return await self._part_table_from_headers(key, etag, total, n)
 
-    async def _part_table_from_headers(self, key: str, etag: str, total: int, n: int) -> list[tuple[int, int]]:
-        """Fallback: walk the 70-byte K part headers (their lengths are checked against the size)."""
+    async def _part_table_from_headers(
+        self, key: str, etag: str, total: int, n: int | None
+    ) -> list[tuple[int, int]]:
+        """Fallback: walk the 70-byte K part headers (their lengths must add up to the size)."""
         h = sizes.K_HEADER_SIZE
         table: list[tuple[int, int]] = []
         off = 0
-        for _ in range(n):
+        while off < total and len(table) < (n or sizes.MAX_PART_NUMBER):
             if off + h > total:
                 raise RewrapError("the part headers do not add up to the object size")
             r = await self._call(
@@ -616,7 +627,11 @@ class Rewrapper:
             )
             if r.status == 412:
                 raise RewrapError("the object changed while being re-wrapped (ETag differs); rerun to retry it")
-            if r.status != 206 or len(r.body) != h:
+            # 206, or a 200 carrying the asked-for Content-Range (rclone); a whole body is never read.
+            ranged = r.status == 206 or (
+                r.status == 200 and r.headers.get("Content-Range", "").startswith(f"bytes {off}-{off + h - 1}/")
+            )
+            if not ranged or len(r.body) != h:
                 raise RewrapError(f"cannot read part header at offset {off}: HTTP {r.status}")
             try:
                 c = parse_k_header(r.body).plaintext_length + sizes.K_PART_OVERHEAD
@@ -624,7 +639,7 @@ class Rewrapper:
                 raise RewrapError(f"bad part header at offset {off} ({type(exc).__name__})") from None
             table.append((off, c))
             off += c
-        if off != total:
+        if off != total or (n is not None and len(table) != n):
             raise RewrapError("the part headers do not add up to the object size")
         return table
 
@@ -711,7 +726,7 @@ class Rewrapper:
             after is None or isinstance(after, str)
         ):
             raise SetupError(f"the state file {self.state_path} is malformed")
-        return _State(after=after, failed=list(failed), listing_complete=bool(data.get("listing_complete")))
+        return _State(after=after, failed=list(failed))
 
     def _write_state(self) -> None:
         data = {
@@ -722,7 +737,8 @@ class Rewrapper:
             "to": self.to_key,
             "after": self._tracker.after,
             "failed": sorted(self._pending_failed),
-            "listing_complete": self._listing_done and self.report.listing_error is None,
+            # every listed object is finished (only "failed" is left to retry)
+            "walk_complete": self._walk_finished,
             "updated": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
@@ -868,16 +884,15 @@ class Rewrapper:
             self._pending_failed = set(state.failed)
             self.report.resumed_after = state.after
             self.report.retried = len(state.failed)
-            finished = False
             try:
                 if state.failed:
                     await self._pool(state.failed)
                 await self._walk(state.after)
-                finished = True
+                self._walk_finished = self.report.listing_complete
             finally:
                 # Also on Ctrl-C / crash: what finished stays finished.
                 if not self.dry_run:
-                    if finished and self.report.ok and not self._pending_failed:
+                    if self._walk_finished and self.report.ok and not self._pending_failed:
                         with contextlib.suppress(FileNotFoundError):
                             self.state_path.unlink()
                     else:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from aiohttp import StreamReader, web
 
 from s3proxy.config import Identity, Settings
+from s3proxy.http import sigv2
 from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
 from s3proxy.http.checksums import Checker, ChecksumError
 from s3proxy.http.errors import S3Error
@@ -53,6 +54,21 @@ def authenticate(request: web.Request, settings: Settings, now: datetime | None 
         ident = by_key.get(ak)
         return ident.secret_key.get_secret_value() if ident else None
 
+    authz = request.headers.get("Authorization")
+    if sigv2.is_v2(raw_query, authz):
+        prefix = ""
+        bd = settings.base_domain
+        host = request.host.rsplit(":", 1)[0].lower()
+        if bd and host.endswith("." + bd.lower()):
+            prefix = "/" + host[: -len(bd) - 1]
+        try:
+            v2 = sigv2.verify_v2(
+                request.method, raw_path, raw_query, list(request.headers.items()), lookup,
+                now or datetime.now(UTC), max_skew_seconds=settings.clock_skew_seconds, resource_prefix=prefix,
+            )
+        except SigV4Error as e:
+            raise S3Error(e.code, e.message, e.status) from None
+        return Caller(by_key[v2.access_key], None)
     try:
         result = verify_request(
             view, lookup, now or datetime.now(UTC), max_skew=timedelta(seconds=settings.clock_skew_seconds)

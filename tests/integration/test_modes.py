@@ -131,3 +131,32 @@ def test_get_object_attributes_plaintext_sizes(s3: Any, bucket: str) -> None:
         pytest.skip(f"backend lacks GetObjectAttributes: {e}")
     assert attrs["ObjectSize"] == 12345
     assert "Checksum" not in attrs
+
+
+def test_boto3_default_presigned_urls_sigv2(proxy: Proxy, s3: Any, bucket: str) -> None:
+    """boto3's generate_presigned_url signs with SigV2 unless told otherwise: both work."""
+    import urllib.request
+
+    s3.put_object(Bucket=bucket, Key="pre sign+d", Body=b"presigned body")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "pre sign+d"}, ExpiresIn=300)
+    assert "AWSAccessKeyId=" in url
+    try:
+        got = urllib.request.urlopen(url, timeout=10).read()
+    except urllib.error.HTTPError as e:
+        raise AssertionError(e.read()) from None
+    assert got == b"presigned body"
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "up"}, ExpiresIn=300)
+    import http.client
+    from urllib.parse import urlsplit
+
+    u = urlsplit(put_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+    conn.request("PUT", f"{u.path}?{u.query}", body=b"uploaded via v2 url")  # no Content-Type: none was signed
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()
+    conn.close()
+    assert s3.get_object(Bucket=bucket, Key="up")["Body"].read() == b"uploaded via v2 url"
+    bad = url.replace("Signature=", "Signature=x")
+    with pytest.raises(urllib.error.HTTPError) as ei:
+        urllib.request.urlopen(bad, timeout=10)
+    assert ei.value.code == 403

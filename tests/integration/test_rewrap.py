@@ -205,7 +205,7 @@ def test_rewrap_resumes_after_failures(kproxy: Any, kbucket: str, tmp_path: Path
     assert first.lines("failed:") == ["r/2: RuntimeError: injected copy failure"]
     assert "5 re-wrapped" in first.out
     saved = json.loads(state.read_text())
-    assert saved["failed"] == ["r/2"] and saved["after"] == "r/5" and saved["listing_complete"]
+    assert saved["failed"] == ["r/2"] and saved["after"] == "r/5" and saved["walk_complete"]
     assert saved["bucket"] == bucket and saved["to"] == "k2"
     assert [rec.copies_of(k) for k in keys] == [1, 1, 0, 1, 1, 1]
     assert key_id_via_proxy(s3, bucket, "r/2") == "k1"
@@ -236,7 +236,7 @@ def test_rewrap_resumes_after_a_crash(kproxy: Any, kbucket: str, tmp_path: Path)
     with rec.installed(), pytest.raises(SimulatedCrash):
         rewrap(kproxy.settings, bucket, "k2", state_file=state, concurrency=1, page_size=2)
     saved = json.loads(state.read_text())
-    assert saved["after"] == "c/2" and saved["failed"] == [] and not saved["listing_complete"]
+    assert saved["after"] == "c/2" and saved["failed"] == [] and not saved["walk_complete"]
     assert [rec.copies_of(k) for k in keys] == [1, 1, 1, 0, 0, 0]
 
     rec.clear()
@@ -311,3 +311,26 @@ def test_rewrap_with_aws_kms_uses_reencrypt(backend: Any, kms: Kms, tmp_path: Pa
             assert "3 already under" in again.out, again.out  # the alias resolved to the ARN it names
     finally:
         stop_proxy(p)
+
+
+def test_rewrap_multipart_from_part_headers(kproxy: Any, kbucket: str, raw: Any, tmp_path: Path) -> None:
+    """A backend that does not answer ``HEAD ?partNumber=``: the part table comes from 70-byte part headers."""
+    import aiohttp
+
+    s3, bucket = kproxy.client(), kbucket
+    parts = [os.urandom(5 * MiB), os.urandom(4321)]
+    multipart_upload(s3, bucket, "mp", parts)
+    before = raw.head_object(Bucket=bucket, Key="mp")
+    rec = BackendRecorder(exclude=kproxy.state.backend)
+    rec.fail(lambda s: s.op == "HeadObject" and "partNumber" in s.query,
+             aiohttp.ClientConnectionError("no part HEADs here"), times=100)
+    with rec.installed():
+        run = rewrap(kproxy.settings, bucket, "k2", state_file=tmp_path / "s.json")
+    assert run.code == 0, run.out
+    ranged = [s for s in rec.sent if s.method == "GET" and "range" in s.headers]
+    assert [s.headers["range"] for s in ranged] == ["bytes=0-69", f"bytes={5 * MiB + 16454}-{5 * MiB + 16454 + 69}"]
+    assert all(s.headers["if-match"] == before["ETag"] for s in ranged)
+    after = raw.head_object(Bucket=bucket, Key="mp")
+    assert (after["ETag"], after["ContentLength"]) == (before["ETag"], before["ContentLength"])
+    assert key_id_via_proxy(s3, bucket, "mp") == "k2"
+    assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"".join(parts)
