@@ -170,20 +170,18 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     rows += await W.big_put_get(everything, pattern, big, repeats, cap_big, budget)
     note("parallel ranged GET ...")
     rows += await W.ranged(everything, pattern, big, repeats, cap_big, budget)
-    await W.delete_keys(everything, ["big"])
+    if not args.no_boto3:
+        boto_systems = [s for s in everything if s.workers <= 1]
+        note(f"boto3 single PUT/GET, {len(boto_systems)} systems ...")
+        rows += await W.boto3_big(boto_systems, pattern, big, 1 if not full else 2, cap_big * 2, budget)
+    await W.delete_keys(everything, ["big", "nostore/big", "big-boto3", "nostore/big-boto3"])
 
     def readable(s: System) -> bool:  # rclone's multipart ETags lack "-N": s3proxy cannot size K objects there
         return not (s.origin == "rclone" and s.kind == "s3proxy")
 
     note("multipart upload 8 MiB x 8 in flight ...")
     rows += await W.multipart(everything, pattern, big, repeats, cap_big, budget, readable)
-    await W.delete_keys(everything, ["mp"])
-    if not args.no_boto3:
-        boto_systems = [s for s in everything if not s.tls or s.workers == 1]
-        boto_systems = [s for s in boto_systems if s.workers <= 1]
-        note(f"boto3 single PUT/GET, {len(boto_systems)} systems ...")
-        rows += await W.boto3_big(boto_systems, pattern, big, 1 if not full else 2, cap_big * 2, budget)
-        await W.delete_keys(boto_systems, ["big-boto3"])
+    await W.delete_keys(everything, ["mp", "nostore/mp"])
 
     # ---------------------------------------------------------------- small objects, LIST, key service
     small_systems = everything if full else [s for s in everything if not (s.tls and s.workers > 1)]
@@ -206,7 +204,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
                 for r in row:
                     r["workload"] = f"RSS {r['workload']}"
                 rows += row
-                await W.delete_keys([s], ["rss"])
+                await W.delete_keys([s], ["rss", "nostore/rss"])
         note("RSS by object size done")
 
     prof = None

@@ -245,6 +245,7 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
             ck = "peer" if r["kind"] == "peer" else ("direct" if r["kind"] == "direct" else
                                                      ("s3proxy-tls" if "tls" in r["system"] else "s3proxy"))
             small.append((r["workload"].split()[0] + " 4 KIB C=16", f"{r['system']}@{r['origin']}", r["ops_s"], ck))
+    small.sort(key=lambda b: b[0])  # group PUT and GET bars together (stable: systems keep their order)
     label_w, bar_w, bh = 200, 640, 12
     groups = [g for g, *_ in bars] + [g for g, *_ in small]
     n_groups = len(dict.fromkeys(groups))

@@ -32,14 +32,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("s3proxy: no client identity configured (set S3PROXY_ACCESS_KEY and S3PROXY_SECRET_KEY, "
               "or identities: in the config file)", file=sys.stderr)
         return 2
+    _check_keys(settings)
     from s3proxy.server import serve
 
     serve(settings, args.workers)
     return 0
 
 
+def _check_keys(settings: Settings) -> None:
+    """Build (without connecting) the key manager so bad keys fail at start, clearly."""
+    from s3proxy.keys.base import KeyConfigError
+    from s3proxy.keys.registry import build_key_manager
+
+    try:
+        build_key_manager(settings.keys)
+    except KeyConfigError as e:
+        print(f"s3proxy: invalid key configuration: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _load(args)
+    _check_keys(settings)
     print(f"configuration OK: listen {settings.listen}, backend {settings.backend.url}, "
           f"{len(settings.identities)} identities, key backend {settings.keys.backend}")
     return 0

@@ -116,6 +116,8 @@ class Settings(_Model):
     workers: int = Field(1, ge=1)
     shutdown_timeout: float = Field(30.0, ge=0)
     require_https_for_sse_c: bool = True
+    # SigV2 (boto3's default presigned URLs, legacy tools); SigV4 is always accepted.
+    allow_sigv2: bool = True
 
     @field_validator("listen", "admin_listen")
     @classmethod

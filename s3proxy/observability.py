@@ -54,7 +54,6 @@ class Metrics:
         self.bytes_out = Counter("s3proxy_client_bytes_out", "Plaintext bytes sent to clients", registry=r)
         self.encrypted = Counter("s3proxy_encrypted_bytes", "Plaintext bytes encrypted", registry=r)
         self.decrypted = Counter("s3proxy_decrypted_bytes", "Plaintext bytes decrypted", registry=r)
-        self.crypto_seconds = Counter("s3proxy_crypto_seconds", "CPU time in encryption/decryption", registry=r)
         self.backend_errors = Counter("s3proxy_backend_errors", "Backend failures by kind", ["kind"], registry=r)
         self.key_errors = Counter("s3proxy_key_service_errors", "Key-service failures by code", ["code"], registry=r)
         self.integrity_failures = Counter(

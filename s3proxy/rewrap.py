@@ -99,6 +99,7 @@ PART_CONCURRENCY = 8
 MAX_COPY_OBJECT_BYTES = 5 * 1024**3  # S3's CopyObject limit
 CHECKPOINT_INTERVAL = 1.0  # seconds between state-file writes (besides page ends)
 REWRAP_MEMO = 10_000  # re-wrapped DEKs remembered (objects sharing a DEK re-wrap once)
+REPORT_LINES = 1000  # keys listed per kind of skip in the report (failures are all listed)
 
 # Headers of the object that a metadata-replacing copy must send again.
 KEPT_HEADERS = (
@@ -798,14 +799,16 @@ class Rewrapper:
         )
         if r.resumed_after is not None or r.retried:
             w(f"resumed: {r.retried} failed objects retried, listing after {r.resumed_after!r}\n")
-        for key, current in r.would_rewrap:
-            w(f"would re-wrap: {key} ({current} -> {self.to_key})\n")
-        for key in r.unencrypted:
-            w(f"skipped, not written through s3proxy (no envelope): {key}\n")
-        for key in r.sse_c:
-            w(f"skipped, SSE-C (only the client has the key): {key}\n")
-        for key in r.gone:
-            w(f"skipped, deleted since listed: {key}\n")
+        def listing(what: str, keys: list[str]) -> None:
+            for key in keys[:REPORT_LINES]:
+                w(f"{what}: {key}\n")
+            if len(keys) > REPORT_LINES:
+                w(f"{what}: ... and {len(keys) - REPORT_LINES} more\n")
+
+        listing("would re-wrap", [f"{key} ({current} -> {self.to_key})" for key, current in r.would_rewrap])
+        listing("skipped, not written through s3proxy (no envelope)", r.unencrypted)
+        listing("skipped, SSE-C (only the client has the key)", r.sse_c)
+        listing("skipped, deleted since listed", r.gone)
         for msg in r.warnings:
             w(f"warning: {msg}\n")
         for key, reason in r.failures.items():
@@ -856,9 +859,9 @@ class Rewrapper:
                 self.report.listing_complete = True
             except ListingError as exc:
                 self.report.listing_error = str(exc)
-            finally:
-                for _ in range(self.concurrency):
-                    await queue.put(None)
+            # Not in a finally: once cancelled, nobody consumes the queue any more.
+            for _ in range(self.concurrency):
+                await queue.put(None)
 
         async def worker() -> None:
             while (item := await queue.get()) is not None:

@@ -131,9 +131,11 @@ async def run_until_stopped(
     finally:
         app[STATE].draining = True
         log.info("server.draining", deadline_s=settings.shutdown_timeout)
+        # Stop accepting and wait for in-flight handlers (up to shutdown_timeout); the
+        # admin listener stays up meanwhile so /readyz reports the drain.
+        await runner.cleanup()
         if admin_runner is not None:
             await admin_runner.cleanup()
-        await runner.cleanup()  # stops accepting, waits for in-flight handlers up to shutdown_timeout
         log.info("server.stopped")
 
 

@@ -55,7 +55,7 @@ def authenticate(request: web.Request, settings: Settings, now: datetime | None 
         return ident.secret_key.get_secret_value() if ident else None
 
     authz = request.headers.get("Authorization")
-    if sigv2.is_v2(raw_query, authz):
+    if settings.allow_sigv2 and sigv2.is_v2(raw_query, authz):
         prefix = ""
         bd = settings.base_domain
         host = request.host.rsplit(":", 1)[0].lower()

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+import re
+from xml.sax.saxutils import unescape
+
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
@@ -127,6 +130,13 @@ def authorise(ctx: Ctx) -> None:
         raise access_denied()
     if not allowed(ident, action, r.bucket, r.key, r.q("prefix")):
         raise access_denied()
+    source = request.headers.get("x-amz-copy-source")
+    if source is not None:
+        from s3proxy.http.objects import parse_copy_source
+
+        sb, sk, _ = parse_copy_source(source)
+        if not allowed(ident, "read", sb, sk, None):
+            raise access_denied()
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -289,6 +299,20 @@ async def send_streamed(
         raise S3Error("ServiceUnavailable", "the storage backend failed during the upload", 503) from e
 
 
+_DELETE_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
+
+
+def check_delete_objects(ctx: Ctx, xml: bytes) -> None:
+    """DeleteObjects names its keys in the body: each must be deletable by the caller."""
+    ident = ctx.caller.identity
+    if ident is None:
+        raise access_denied()
+    for m in _DELETE_KEY.finditer(xml):
+        key = unescape(m.group(1).decode("utf-8", "replace"))
+        if not allowed(ident, "delete", ctx.route.bucket, key, None):
+            raise access_denied()
+
+
 async def passthrough(ctx: Ctx) -> web.StreamResponse:
     """Re-sign and forward; the body is unchanged (aws-chunked framing removed)."""
     request, r = ctx.request, ctx.route
@@ -306,6 +330,8 @@ async def passthrough(ctx: Ctx) -> web.StreamResponse:
         )
     else:
         data = await body.read_all(ctx.state.settings.limits.max_xml_body) if body.length != 0 else None
+        if r.op == "BucketConfig" and request.method == "POST" and r.has("delete") and data:
+            check_delete_objects(ctx, data)
         try:
             resp = await backend.request(request.method, r.bucket, r.key, query=query, headers=headers, body=data or None)
         except aiohttp.ClientError as e:

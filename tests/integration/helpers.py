@@ -22,7 +22,7 @@ from typing import Any
 from unittest import mock
 from urllib.parse import quote, urlsplit
 
-from botocore.auth import S3SigV4Auth
+from botocore.auth import HmacV1Auth, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
@@ -157,6 +157,14 @@ def sign(
     else:
         with clock(when):
             signer.add_auth(req)
+    return req
+
+
+def sign_v2(method: str, url: str, access_key: str, secret_key: str, *, headers: dict[str, str] | None = None,
+            body: bytes = b"") -> AWSRequest:
+    """A SigV2-signed request (``Authorization: AWS ak:sig``, botocore's HmacV1Auth)."""
+    req = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+    HmacV1Auth(Credentials(access_key, secret_key)).add_auth(req)
     return req
 
 

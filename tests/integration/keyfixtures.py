@@ -169,8 +169,12 @@ class BackendRecorder:
     def ops(self) -> list[str]:
         return [s.op for s in self.sent]
 
-    def copies_of(self, key: str) -> int:
-        return sum(1 for s in self.sent if s.key == key and s.op in ("CopyObject", "CompleteMultipartUpload"))
+    def copies_of(self, key: str, *, answered: bool = False) -> int:
+        """Rewrites of ``key`` sent (``answered``: that the backend answered with 200)."""
+        return sum(
+            1 for s in self.sent
+            if s.key == key and s.op in ("CopyObject", "CompleteMultipartUpload") and (not answered or s.status == 200)
+        )
 
     def heads_of(self, key: str) -> int:
         return sum(1 for s in self.sent if s.key == key and s.op == "HeadObject" and "partNumber" not in s.query)

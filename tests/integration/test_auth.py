@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from email.utils import formatdate
+from unittest import mock
 import urllib.error
 import urllib.request
 from datetime import timedelta
@@ -36,6 +38,7 @@ from tests.integration.helpers import (
     send_raw,
     send_signed,
     sign,
+    sign_v2,
     signed,
     skewed,
     main_creds,
@@ -124,16 +127,6 @@ def test_presigned_tampered(proxy, s3, bucket):
     ei.value.close()
 
 
-def test_presigned_sigv2_rejected_clearly(proxy, s3, bucket):
-    """boto3's *default* presigned URL is SigV2 (AWSAccessKeyId/Signature/Expires): refused with S3 XML."""
-    s3.put_object(Bucket=bucket, Key="p", Body=b"1")
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p"}, ExpiresIn=60)
-    if "X-Amz-Signature=" in url:
-        pytest.skip("this boto3 presigns with SigV4 by default")
-    r = send("GET", url)
-    assert_s3_error(r, 400, "InvalidRequest")
-
-
 @pytest.mark.parametrize("minutes", [16, -16])
 def test_clock_skew(proxy, bucket, minutes):
     ak, sk = main_creds(proxy)
@@ -192,19 +185,72 @@ def test_anonymous_list_buckets_denied(proxy):
     assert_s3_error(send("GET", proxy.url + "/"), 403, "AccessDenied")
 
 
-def test_sigv2_header_rejected(proxy, bucket):
-    ak, _ = main_creds(proxy)
-    r = send("GET", object_url(proxy.url, bucket, "x"),
-             {"Authorization": f"AWS {ak}:c2lnbmF0dXJlc2lnbmF0dXJlc2ln", "Date": "Mon, 01 Jan 2024 00:00:00 GMT"})
-    assert r.status == 400
-    assert_s3_error(r, 400, r.error()["Code"])
+# --------------------------------------------------------------------- SigV2 (legacy header and boto3's default presign)
 
 
-def test_sigv2_query_rejected(proxy, bucket):
-    ak, _ = main_creds(proxy)
-    r = send("GET", object_url(proxy.url, bucket, "x", f"AWSAccessKeyId={ak}&Expires=9999999999&Signature=abc%3D"))
-    assert r.status == 400
-    assert_s3_error(r, 400, r.error()["Code"])
+def test_sigv2_header_roundtrip(proxy, s3, bucket):
+    ak, sk = main_creds(proxy)
+    data = rand(5000)
+    req = sign_v2("PUT", object_url(proxy.url, bucket, "v2 key+ü"), ak, sk, body=data,
+                  headers={"x-amz-meta-via": "sigv2", "Content-Type": "application/x-v2"})
+    r = send_signed(req)
+    assert r.status == 200, r.body
+    got = s3.get_object(Bucket=bucket, Key="v2 key+ü")
+    assert got["Body"].read() == data
+    assert got["Metadata"] == {"via": "sigv2"}
+    r = send_signed(sign_v2("GET", object_url(proxy.url, bucket, "v2 key+ü"), ak, sk))
+    assert (r.status, r.body) == (200, data)
+    r = send_signed(sign_v2("GET", object_url(proxy.url, bucket, None, "prefix=v2"), ak, sk))
+    assert r.status == 200 and b"<Size>5000</Size>" in r.body
+
+
+@pytest.mark.parametrize("case", ["unknown-key", "wrong-secret", "tampered-header", "tampered-path", "garbage",
+                                  "old-date", "no-date"])
+def test_sigv2_header_failures(proxy, s3, bucket, case):
+    s3.put_object(Bucket=bucket, Key="a", Body=b"A")
+    s3.put_object(Bucket=bucket, Key="b", Body=b"B")
+    ak, sk = main_creds(proxy)
+    url = object_url(proxy.url, bucket, "a")
+    expect = (403, "SignatureDoesNotMatch")
+    if case == "unknown-key":
+        r, expect = send_signed(sign_v2("GET", url, "AKIDNOSUCHKEY0000000", sk)), (403, "InvalidAccessKeyId")
+    elif case == "wrong-secret":
+        r = send_signed(sign_v2("GET", url, ak, sk + "x"))
+    elif case == "tampered-header":
+        req = sign_v2("PUT", object_url(proxy.url, bucket, "new"), ak, sk, headers={"x-amz-meta-o": "alice"}, body=b"x")
+        r = send_signed(req, extra_headers={"x-amz-meta-o": "mallory"})
+    elif case == "tampered-path":
+        r = send_signed(sign_v2("GET", url, ak, sk), url=object_url(proxy.url, bucket, "b"))
+    elif case == "garbage":
+        r = send("GET", url, {"Authorization": f"AWS {ak}:c2lnbmF0dXJlc2lnbmF0dXJlc2ln",
+                              "Date": formatdate(usegmt=True)})
+    elif case == "old-date":
+        r = send("GET", url, {"Authorization": f"AWS {ak}:c2lnbmF0dXJlc2lnbmF0dXJlc2ln",
+                              "Date": "Mon, 01 Jan 2024 00:00:00 GMT"})
+        expect = (403, "RequestTimeTooSkewed")
+    else:
+        r, expect = send("GET", url, {"Authorization": f"AWS {ak}:c2lnbmF0dXJl"}), (403, "AccessDenied")
+    assert_s3_error(r, *expect)
+    assert absent(s3, bucket, "new")
+
+
+def test_sigv2_presigned_default_boto3(proxy, s3, bucket):
+    """boto3's *default* presigned URL is SigV2 (AWSAccessKeyId/Signature/Expires)."""
+    data = rand(30_000)
+    s3.put_object(Bucket=bucket, Key="p q+r", Body=data)
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p q+r"}, ExpiresIn=60)
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - local test server
+        assert resp.read() == data
+    r = send("GET", url.replace("/p%20q%2Br?", "/other?"))
+    assert_s3_error(r, 403, "SignatureDoesNotMatch")
+    with mock.patch("botocore.auth.time") as fake_time:
+        fake_time.time.return_value = time.time() - 3600
+        old = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "p q+r"}, ExpiresIn=60)
+    assert_s3_error(send("GET", old), 403, "AccessDenied")
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "up"}, ExpiresIn=60)
+    r = send("PUT", put_url, None, b"up!")  # http.client sends no Content-Type (moto would eat a form body)
+    assert r.status == 200, r.body
+    assert s3.get_object(Bucket=bucket, Key="up")["Body"].read() == b"up!"
 
 
 def test_malformed_authorization(proxy, bucket):

@@ -174,6 +174,16 @@ def test_s3api_sizes_and_errors(aws_cli, s3, bucket):
     assert bad.returncode != 0 and "SignatureDoesNotMatch" in bad.stderr
 
 
+def test_presign(aws_cli, s3, bucket):
+    import urllib.request
+
+    data = rand(10_000)
+    s3.put_object(Bucket=bucket, Key="shared file+1.bin", Body=data)
+    url = aws_cli("s3", "presign", f"s3://{bucket}/shared file+1.bin", "--expires-in", "300").stdout.strip()
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 - local test server
+        assert resp.read() == data
+
+
 def test_get_object_range_via_s3api(aws_cli, s3, bucket, tmp_path):
     data = rand(40_000)
     s3.put_object(Bucket=bucket, Key="r", Body=data)

@@ -334,3 +334,49 @@ def test_rewrap_multipart_from_part_headers(kproxy: Any, kbucket: str, raw: Any,
     assert (after["ETag"], after["ContentLength"]) == (before["ETag"], before["ContentLength"])
     assert key_id_via_proxy(s3, bucket, "mp") == "k2"
     assert s3.get_object(Bucket=bucket, Key="mp")["Body"].read() == b"".join(parts)
+
+
+def test_rewrap_cancelled_like_ctrl_c(kproxy: Any, kbucket: str, tmp_path: Path) -> None:
+    """Cancelling the run (what ``asyncio.run`` does on Ctrl-C) saves the checkpoint; a rerun finishes."""
+    import asyncio
+    import io
+    from argparse import Namespace
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from s3proxy.rewrap import run_rewrap
+
+    s3, bucket = kproxy.client(), kbucket
+    keys = [f"c/{i}" for i in range(8)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    state = tmp_path / "state.json"
+    args = Namespace(bucket=bucket, prefix="", to_key="k2", dry_run=False, concurrency=2,
+                     state_file=str(state), no_progress=True, page_size=3)
+    rec = BackendRecorder(exclude=kproxy.state.backend)
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        rec.fail(lambda s: s.key == "c/4" and s.op == "CopyObject" and bool(task.cancel()) and False,
+                 RuntimeError("never raised"))
+        return await run_rewrap(kproxy.settings, args)
+
+    with rec.installed(), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()), \
+            pytest.raises(asyncio.CancelledError):
+        asyncio.run(asyncio.wait_for(main(), 30))
+    saved = json.loads(state.read_text())
+    assert saved["after"] in ("c/2", "c/3", "c/4") and not saved["walk_complete"]
+    first = BackendRecorder(exclude=kproxy.state.backend)
+    first.sent = list(rec.sent)
+    rec.clear()
+    with rec.installed():
+        again = rewrap(kproxy.settings, bucket, "k2", state_file=state, page_size=3)
+    assert again.code == 0, again.out
+    done = keys[: keys.index(saved["after"]) + 1]
+    # The rerun resumes after the checkpoint: what finished is not looked at again ...
+    assert all(rec.heads_of(k) == 0 and rec.copies_of(k) == 0 for k in done)
+    # ... and nothing is rewritten twice (the copies in flight at the cancellation may or may not
+    # have reached the backend; if one did, the rerun finds the object already under k2).
+    assert all(first.copies_of(k, answered=True) + rec.copies_of(k) <= 1 for k in keys)
+    assert all(rec.copies_of(k) == 1 for k in keys[len(done) + 2:])
+    assert [key_id_via_proxy(s3, bucket, k) for k in keys] == ["k2"] * 8
