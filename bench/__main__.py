@@ -29,7 +29,8 @@ from typing import Any
 
 from bench import workloads as W
 from bench.loadgen import Pattern, S3Client
-from bench.origins import VENV_BIN, Lab, System
+from bench import profiling
+from bench.origins import MALLOC_TUNED, Lab, System
 from bench.report import chart, markdown
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -55,64 +56,6 @@ def machine() -> dict[str, Any]:
 async def _bucket(s: System) -> None:
     async with S3Client(s.url, s.access_key, s.secret_key, cafile=s.cafile) as c:
         await c.ensure_bucket(s.bucket)
-
-
-def _profile_summary(raw: Path, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive sample counts per frame from py-spy's raw (collapsed) output."""
-    self_c: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        k = int(n)
-        total += k
-        frames = stack.split(";")
-        self_c[frames[-1]] = self_c.get(frames[-1], 0) + k
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + k
-
-    def pct(d: dict[str, int]) -> list[tuple[str, float]]:
-        return [(f, round(100 * c / max(1, total), 1)) for f, c in sorted(d.items(), key=lambda x: -x[1])[:top]]
-
-    return {"samples": total, "self": pct(self_c), "inclusive": pct(incl)}
-
-
-async def profile(lab: Lab, s: System, pattern: Pattern, size: int, out: Path) -> dict[str, Any]:
-    """py-spy on the s3proxy-1w process during one big PUT and one big GET (null origin)."""
-    spy = VENV_BIN / "py-spy"
-    if not spy.exists():
-        return {"error": "py-spy not installed (pip install py-spy into the venv)"}
-    res: dict[str, Any] = {}
-    async with S3Client(s.url, s.access_key, s.secret_key, cafile=s.cafile) as c:
-        for op in ("PUT", "GET", "PUT multipart", "GET multipart object"):
-            raw = out / f"profile-{op.replace(' ', '-').lower()}.txt"
-            p = subprocess.Popen([str(spy), "record", "--pid", str(s.pid), "--rate", "250", "--format", "raw",
-                                  "--nonblocking", "--output", str(raw)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-            await asyncio.sleep(1.0)  # let py-spy attach
-            t0 = time.perf_counter()
-            if op == "PUT":
-                await c.put(s.bucket, "prof", pattern, size)
-            elif op == "GET":
-                await c.get(s.bucket, "prof", pattern, size)
-            elif op == "PUT multipart":
-                await c.multipart_upload(s.bucket, "prof-mp", pattern, size, 8 * MiB, 8)
-            else:
-                await c.get(s.bucket, "prof-mp", pattern, size)
-            secs = time.perf_counter() - t0
-            p.send_signal(signal.SIGINT)
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            res[op] = {"mb_s": round(size / secs / 1e6, 1), "raw": str(raw.relative_to(OUT.parent.parent)),
-                       **(_profile_summary(raw) if raw.exists() else {"error": "no profile written"})}
-        await c.delete(s.bucket, "prof")
-        await c.delete(s.bucket, "prof-mp")
-    return res
 
 
 async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
@@ -145,8 +88,17 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
             origins.append(devstore)
         except Exception as e:  # noqa: BLE001 - a third origin is optional
             print(f"bench: devstore origin not available: {e}", file=sys.stderr)
+    if args.profile_only:
+        p1, mt = lab.start_proxy(null, 1, False), lab.start_proxy(null, 1, False, MALLOC_TUNED, "-mt")
+        for s in (p1, mt):
+            s.bucket = f"bench-prof-{s.name}"
+            await _bucket(s)
+        prof = await profiling.profile(p1, pattern, big, args.out, variants=[mt])
+        meta["wall_s"] = time.monotonic() - t_start
+        return {"meta": meta, "ceiling": ceiling, "rows": [], "profile": prof}
     sys_null = [null, lab.start_proxy(null, 1, False), lab.start_proxy(null, workers, False),
                 lab.start_proxy(null, 1, True), lab.start_proxy(null, workers, True)]
+    mt = None if args.no_mt else lab.start_proxy(null, 1, False, MALLOC_TUNED, "-mt")
     sys_rclone: list[System] = []
     peer = None
     if rclone:
@@ -156,7 +108,8 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
             sys_rclone.append(peer)
     sys_dev = [devstore, lab.start_proxy(devstore, 1, False)] if devstore else []
     everything = sys_null + sys_rclone + sys_dev
-    for s in everything:
+    large = sys_null[:2] + ([mt] if mt else []) + sys_null[2:] + sys_rclone + sys_dev
+    for s in large:
         s.bucket = f"bench-{s.name}".lower()
         await _bucket(s)
     p1 = sys_null[1]
@@ -166,22 +119,22 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
         print(f"bench: [{time.monotonic() - t_start:5.0f}s] {msg}", file=sys.stderr, flush=True)
 
     # ---------------------------------------------------------------- large objects
-    note(f"large single PUT/GET, {len(everything)} systems x {repeats} ...")
-    rows += await W.big_put_get(everything, pattern, big, repeats, cap_big, budget)
+    note(f"large single PUT/GET, {len(large)} systems x {repeats} ...")
+    rows += await W.big_put_get(large, pattern, big, repeats, cap_big, budget)
     note("parallel ranged GET ...")
-    rows += await W.ranged(everything, pattern, big, repeats, cap_big, budget)
+    rows += await W.ranged(large, pattern, big, repeats, cap_big, budget)
     if not args.no_boto3:
-        boto_systems = [s for s in everything if s.workers <= 1]
+        boto_systems = [s for s in large if s.workers <= 1 and not s.name.endswith("-mt")]
         note(f"boto3 single PUT/GET, {len(boto_systems)} systems ...")
         rows += await W.boto3_big(boto_systems, pattern, big, 1 if not full else 2, cap_big * 2, budget)
-    await W.delete_keys(everything, ["big", "nostore/big", "big-boto3", "nostore/big-boto3"])
+    await W.delete_keys(large, ["big", "nostore/big", "big-boto3", "nostore/big-boto3"])
 
     def readable(s: System) -> bool:  # rclone's multipart ETags lack "-N": s3proxy cannot size K objects there
         return not (s.origin == "rclone" and s.kind == "s3proxy")
 
     note("multipart upload 8 MiB x 8 in flight ...")
-    rows += await W.multipart(everything, pattern, big, repeats, cap_big, budget, readable)
-    await W.delete_keys(everything, ["mp", "nostore/mp"])
+    rows += await W.multipart(large, pattern, big, repeats, cap_big, budget, readable)
+    await W.delete_keys(large, ["mp", "nostore/mp"])
 
     # ---------------------------------------------------------------- small objects, LIST, key service
     small_systems = everything if full else [s for s in everything if not (s.tls and s.workers > 1)]
@@ -210,7 +163,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     prof = None
     if args.profile:
         note("profiling s3proxy-1w @ null with py-spy ...")
-        prof = await profile(lab, p1, pattern, big, OUT)
+        prof = await profiling.profile(p1, pattern, big, args.out, variants=[mt] if mt else [])
     meta["wall_s"] = time.monotonic() - t_start
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["origins"] = {o.origin: o.url for o in origins}
@@ -230,10 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-boto3", action="store_true")
     ap.add_argument("--no-rss5", action="store_true", help="full mode: skip the 1 and 5 GiB RSS runs")
     ap.add_argument("--profile", action="store_true", help="also profile s3proxy-1w with py-spy (big PUT/GET)")
+    ap.add_argument("--profile-only", action="store_true", help="only the crypto ceiling and the py-spy profile")
+    ap.add_argument("--no-mt", action="store_true", help="skip s3proxy-1w-mt (s3proxy with glibc malloc tuned)")
     ap.add_argument("--budget", type=float, help="seconds after which remaining measurements are skipped")
     ap.add_argument("--null-max-gib", type=int, default=12, help="bodies the null origin keeps in memory")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
+    args.profile = args.profile or args.profile_only
     args.origins = set((args.origins or ("null,rclone,devstore" if args.full else "null,rclone")).split(","))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -264,26 +220,21 @@ def main(argv: list[str] | None = None) -> int:
             for f in (workdir / "peer").glob("*.log"):
                 shutil.copy(f, logs / ("peer-" + f.name))
         lab.close()
-    (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    md = markdown(res)
-    (out / "results.md").write_text(md)
-    chart(res["rows"], out / "results.png",
-          f"S3PROXY BENCH {res['meta']['mode'].upper()} {res['meta']['big_size'] >> 20} MIB, {res['meta']['date']}")
+    md = ""
+    if not args.profile_only:
+        (out / "results.json").write_text(json.dumps(res, indent=1, default=str))
+        md = markdown(res)
+        (out / "results.md").write_text(md)
+        chart(res["rows"], out / "results.png",
+              f"S3PROXY BENCH {res['meta']['mode'].upper()} {res['meta']['big_size'] >> 20} MIB, {res['meta']['date']}")
+    else:
+        (out / "profile.json").write_text(json.dumps(res, indent=1, default=str))
     if res.get("profile"):
-        lines = ["\n## Profile (py-spy, s3proxy-1w @ null)\n"]
-        for op, p in res["profile"].items():
-            if "self" not in p:
-                lines.append(f"- {op}: {p}")
-                continue
-            lines.append(f"### {op} ({p['mb_s']} MB/s under py-spy, {p['samples']} samples)\n")
-            lines.append("| self % | frame |\n|---|---|")
-            lines += [f"| {v} | `{f}` |" for f, v in p["self"][:15]]
-            lines.append("\n| inclusive % | frame |\n|---|---|")
-            lines += [f"| {v} | `{f}` |" for f, v in p["inclusive"][:25]]
-        (out / "profile.md").write_text("\n".join(lines) + "\n")
-        md += "\n".join(lines) + "\n"
+        pmd = profiling.markdown(res["profile"])
+        (out / "profile.md").write_text(pmd)
+        md += "\n" + pmd
     print(md)
-    print(f"bench: wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'results.png'}", file=sys.stderr)
+    print(f"bench: wrote {', '.join(str(p) for p in sorted(out.glob('*.*')))}", file=sys.stderr)
     return 0
 
 

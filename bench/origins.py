@@ -438,6 +438,22 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+def minor_faults(pids: list[int]) -> int:
+    """Minor page faults (fresh memory touched) of the processes so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            total += int(stat[stat.rindex(")") + 2:].split()[7])  # minflt
+    return total
+
+
+# glibc malloc settings that keep MiB-sized buffers on the heap and the heap from shrinking:
+# the "-mt" systems run s3proxy with them (see RESULTS.md: page faults dominate otherwise).
+MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
+                "MALLOC_TOP_PAD_": str(64 << 20)}
+
+
 def reset_peak_rss(pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
@@ -584,7 +600,8 @@ class Lab:
         return s
 
     # systems in front of an origin ------------------------------------------------
-    def start_proxy(self, origin: System, workers: int, tls: bool) -> System:
+    def start_proxy(self, origin: System, workers: int, tls: bool, extra_env: dict[str, str] | None = None,
+                    name_suffix: str = "") -> System:
         port, admin = free_port(), free_port()
         env = {
             "S3PROXY_LISTEN": f"127.0.0.1:{port}",
@@ -596,6 +613,7 @@ class Lab:
             "S3PROXY_SECRET_KEY": PROXY_SK,
             "S3PROXY_MASTER_KEY": self.master_key,
             "S3PROXY_LOG_LEVEL": "warning",
+            **(extra_env or {}),
         }
         cafile = None
         if tls:
@@ -603,7 +621,7 @@ class Lab:
                 self.cert = make_self_signed(self.workdir)
             env["S3PROXY_TLS_CERT"], env["S3PROXY_TLS_KEY"] = str(self.cert[0]), str(self.cert[1])
             cafile = str(self.cert[0])
-        name = f"s3proxy-{workers}w" + ("-tls" if tls else "")
+        name = f"s3proxy-{workers}w" + ("-tls" if tls else "") + name_suffix
         p = self.procs.start(f"{name}-{origin.origin}", [str(VENV_BIN / "s3proxy"), "serve", "--config", str(self.config),
                                                          "--workers", str(workers)], env=env)
         wait_port(port, proc=p)

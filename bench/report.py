@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def big_table(rows: list[Row], client: str) -> str:
     cols = [c for c, _ in BIG_COLUMNS if any(r["workload"] == c for r in rows)]
     head = ["system @ origin", *(f"{dict(BIG_COLUMNS)[c]} MB/s (x direct)" for c in cols)]
     if client == "aiohttp":
-        head += ["CPU s/GiB PUT / GET", "peak RSS MiB/worker PUT / GET"]
+        head += ["CPU s/GiB PUT / GET", "peak RSS MiB/worker PUT / GET", "minor faults/GiB PUT / GET"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for system, origin in _systems(rows):
         cells = [f"{system} @ {origin}"]
@@ -75,6 +76,7 @@ def big_table(rows: list[Row], client: str) -> str:
             g = _find(rows, workload="GET single", system=system, origin=origin) or {}
             cells.append(f"{_fmt(p.get('cpu_s_per_gib'), 2)} / {_fmt(g.get('cpu_s_per_gib'), 2)}")
             cells.append(f"{_fmt(p.get('peak_rss_mib'))} / {_fmt(g.get('peak_rss_mib'))}")
+            cells.append(f"{_fmt(p.get('minor_faults_per_gib'))} / {_fmt(g.get('minor_faults_per_gib'))}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -160,11 +162,12 @@ def ceiling_table(c: Row, rows: list[Row]) -> str:
             lines.append(f"| {label} | {_fmt(v)} | {1073.741824 / v:.3f} |")
     enc_ceiling = c.get("cobblestone256_encrypt_mb_s")
     dec_ceiling = c.get("cobblestone256_decrypt_mb_s")
-    for op, ceil_v in (("PUT single", enc_ceiling), ("GET single", dec_ceiling)):
-        r = _find(rows, workload=op, system="s3proxy-1w", origin="null", client="aiohttp")
+    for (op, ceil_v), name in product((("PUT single", enc_ceiling), ("GET single", dec_ceiling)),
+                                      ("s3proxy-1w", "s3proxy-1w-mt")):
+        r = _find(rows, workload=op, system=name, origin="null", client="aiohttp")
         if r and r.get("cpu_s_per_gib") and ceil_v:
             frac = (1073.741824 / ceil_v) / r["cpu_s_per_gib"]
-            lines.append(f"| s3proxy-1w end to end, {op} @ null (whole process CPU) | "
+            lines.append(f"| {name} end to end, {op} @ null (whole process CPU) | "
                          f"{1073.741824 / r['cpu_s_per_gib']:,.0f} per CPU-second | {r['cpu_s_per_gib']:.3f} "
                          f"(crypto ceiling is {frac:.0%} of it) |")
     return "\n".join(lines)
@@ -199,21 +202,23 @@ def targets(rows: list[Row], ceiling: Row) -> list[tuple[str, str, str]]:
         q = _find(rows, workload=w, kind="peer", client="aiohttp")
         r = _ratio(p, q)
         out.append((label + " (rclone origin, aiohttp)", f"{r:.2f}x" if r else "-", verdict(None if r is None else r >= need)))
-    for w in ("PUT single", "GET single"):
-        r = _find(rows, workload=w, system="s3proxy-1w", origin="null", client="aiohttp")
-        v = r.get("cpu_s_per_gib") if r else None
-        out.append((f"s3proxy CPU <= 2 s/GiB ({w.split()[0]}, null origin)", f"{v:.2f} s/GiB" if v else "-",
-                    verdict(None if v is None else v <= 2.0)))
-    for origin in ("null", "rclone"):
-        for op in ("PUT", "GET"):
-            for size in (4096, 65536):
-                r = _find(rows, workload=f"{op} small", system="s3proxy-1w", origin=origin, size=size, concurrency=16)
-                d = _find(rows, workload=f"{op} small", system="direct", origin=origin, size=size, concurrency=16)
-                if not r or not d or not r.get("p50_ms") or not d.get("p50_ms"):
-                    continue
-                a50, a99 = r["p50_ms"] - d["p50_ms"], r["p99_ms"] - d["p99_ms"]
-                out.append((f"added latency c=16 {op} {size // 1024} KiB ({origin}): p50 <= 1 ms, p99 <= 5 ms",
-                            f"{a50:+.2f} / {a99:+.1f} ms", verdict(a50 <= 1.0 and a99 <= 5.0)))
+    for name in ("s3proxy-1w", "s3proxy-1w-mt"):
+        for w in ("PUT single", "GET single", "PUT multipart 8MiB x8", "GET multipart object"):
+            r = _find(rows, workload=w, system=name, origin="null", client="aiohttp")
+            v = r.get("cpu_s_per_gib") if r else None
+            if v is None:
+                continue
+            out.append((f"s3proxy CPU <= 2 s/GiB ({w}, {name}, null origin)", f"{v:.2f} s/GiB",
+                        verdict(v <= 2.0)))
+    for conc, origin, op, size in product((16, 1), ("null", "rclone"), ("PUT", "GET"), (4096, 65536)):
+        r = _find(rows, workload=f"{op} small", system="s3proxy-1w", origin=origin, size=size, concurrency=conc)
+        d = _find(rows, workload=f"{op} small", system="direct", origin=origin, size=size, concurrency=conc)
+        if not r or not d or not r.get("p50_ms") or not d.get("p50_ms"):
+            continue
+        a50, a99 = r["p50_ms"] - d["p50_ms"], r["p99_ms"] - d["p99_ms"]
+        tag = "" if conc == 16 else " (for reference: the target is at c=16)"
+        out.append((f"added latency c={conc} {op} {size // 1024} KiB ({origin}): p50 <= 1 ms, p99 <= 5 ms{tag}",
+                    f"{a50:+.2f} / {a99:+.1f} ms", verdict(a50 <= 1.0 and a99 <= 5.0)))
     rss = [(r.get("peak_rss_mib"), r) for r in rows if r.get("kind") == "s3proxy" and r.get("peak_rss_mib")
            and r.get("size", 0) >= (256 << 20)]
     if rss:
@@ -227,7 +232,14 @@ def targets(rows: list[Row], ceiling: Row) -> list[tuple[str, str, str]]:
 # ------------------------------------------------------------------------------------ chart
 
 
-COLORS = {"direct": (150, 150, 150), "s3proxy": (40, 100, 200), "s3proxy-tls": (30, 160, 150), "peer": (230, 130, 30)}
+COLORS = {"direct": (150, 150, 150), "s3proxy": (40, 100, 200), "s3proxy-tls": (30, 160, 150),
+          "s3proxy-mt": (120, 60, 180), "peer": (230, 130, 30)}
+
+
+def _color_key(r: Row) -> str:
+    if r["kind"] in ("peer", "direct"):
+        return str(r["kind"])
+    return "s3proxy-tls" if "tls" in r["system"] else ("s3proxy-mt" if r["system"].endswith("-mt") else "s3proxy")
 
 
 def chart(rows: list[Row], path: Path, title: str) -> None:
@@ -235,15 +247,13 @@ def chart(rows: list[Row], path: Path, title: str) -> None:
     for w, name in BIG_COLUMNS:
         for r in rows:
             if r.get("client") == "aiohttp" and r["workload"] == w and not r.get("error"):
-                ck = "peer" if r["kind"] == "peer" else ("direct" if r["kind"] == "direct" else
-                                                         ("s3proxy-tls" if "tls" in r["system"] else "s3proxy"))
+                ck = _color_key(r)
                 bars.append((name, f"{r['system']}@{r['origin']}", r["mb_s"], ck))
     small: list[tuple[str, str, float, str]] = []
     for r in rows:
         if r["workload"] in ("PUT small", "GET small") and r.get("concurrency") == 16 and r.get("size") == 4096 \
                 and r.get("ops_s"):
-            ck = "peer" if r["kind"] == "peer" else ("direct" if r["kind"] == "direct" else
-                                                     ("s3proxy-tls" if "tls" in r["system"] else "s3proxy"))
+            ck = _color_key(r)
             small.append((r["workload"].split()[0] + " 4 KIB C=16", f"{r['system']}@{r['origin']}", r["ops_s"], ck))
     small.sort(key=lambda b: b[0])  # group PUT and GET bars together (stable: systems keep their order)
     label_w, bar_w, bh = 200, 640, 12

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.loadgen import Pattern, S3Client, boto3_client, boto3_get, boto3_put
-from bench.origins import System, cpu_seconds, peak_rss_mib, reset_peak_rss
+from bench.origins import System, cpu_seconds, minor_faults, peak_rss_mib, reset_peak_rss
 
 MiB, GiB = 1 << 20, 1 << 30
 Row = dict[str, Any]
@@ -61,18 +61,20 @@ class _Probe:
         if self.pids:
             reset_peak_rss(self.s.worker_pids())
             self.cpu0 = cpu_seconds(self.pids)
+            self.flt0 = minor_faults(self.pids)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pids:
             self.cpu = cpu_seconds(self.pids) - self.cpu0
+            self.flt = minor_faults(self.pids) - self.flt0
             self.rss = max(peak_rss_mib(p) for p in self.s.worker_pids())
 
     def figures(self, nbytes: int) -> Row:
         if not self.pids or not hasattr(self, "cpu"):
             return {}
         return {"proxy_cpu_s": round(self.cpu, 3), "cpu_s_per_gib": round(self.cpu / (nbytes / GiB), 3),
-                "peak_rss_mib": round(self.rss, 1)}
+                "peak_rss_mib": round(self.rss, 1), "minor_faults_per_gib": round(self.flt / (nbytes / GiB))}
 
 
 async def _timed(cap: float, coro: Awaitable[Any]) -> tuple[float, str | None]:

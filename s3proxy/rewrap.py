@@ -799,19 +799,20 @@ class Rewrapper:
         )
         if r.resumed_after is not None or r.retried:
             w(f"resumed: {r.retried} failed objects retried, listing after {r.resumed_after!r}\n")
+
         def listing(what: str, keys: list[str]) -> None:
             for key in keys[:REPORT_LINES]:
                 w(f"{what}: {key}\n")
             if len(keys) > REPORT_LINES:
                 w(f"{what}: ... and {len(keys) - REPORT_LINES} more\n")
 
-        listing("would re-wrap", [f"{key} ({current} -> {self.to_key})" for key, current in r.would_rewrap])
-        listing("skipped, not written through s3proxy (no envelope)", r.unencrypted)
-        listing("skipped, SSE-C (only the client has the key)", r.sse_c)
-        listing("skipped, deleted since listed", r.gone)
+        listing("would re-wrap", [f"{key} ({current} -> {self.to_key})" for key, current in sorted(r.would_rewrap)])
+        listing("skipped, not written through s3proxy (no envelope)", sorted(r.unencrypted))
+        listing("skipped, SSE-C (only the client has the key)", sorted(r.sse_c))
+        listing("skipped, deleted since listed", sorted(r.gone))
         for msg in r.warnings:
             w(f"warning: {msg}\n")
-        for key, reason in r.failures.items():
+        for key, reason in sorted(r.failures.items()):
             w(f"failed: {key}: {reason}\n")
         if r.listing_error:
             w(f"failed: listing stopped: {r.listing_error}\n")

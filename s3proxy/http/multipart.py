@@ -61,6 +61,16 @@ SEP = "~"
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]*)</UploadId>")
 
 
+def backend_upload_id(ctx: Ctx, client_id: str) -> str:
+    """The backend's id; also accepts a bare backend id (as ListMultipartUploads shows them),
+    which is enough for ListParts, Complete and Abort but not for UploadPart."""
+    backend_id, sep, token = client_id.rpartition(SEP)
+    if not sep:
+        return client_id
+    split_upload_id(ctx, client_id)
+    return backend_id
+
+
 def split_upload_id(ctx: Ctx, client_id: str) -> tuple[str, bytes, WrappedKey, dict[str, str]]:
     backend_id, sep, token = client_id.rpartition(SEP)
     if not sep or not backend_id:
@@ -151,7 +161,10 @@ async def upload_part(ctx: Ctx) -> web.StreamResponse:
 
 
 def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str]) -> None:
-    _, _, wrapped, _ = split_upload_id(ctx, ctx.route.q("uploadId") or "")
+    client_id = ctx.route.q("uploadId") or ""
+    if SEP not in client_id:
+        return
+    _, _, wrapped, _ = split_upload_id(ctx, client_id)
     if wrapped.backend == "sse-c":
         hdrs[sse.C_ALG] = "AES256"
         hdrs[sse.C_MD5] = wrapped.key_id
@@ -220,7 +233,7 @@ _PART_CHECKSUM = _CHECKSUM_EL
 
 
 async def complete(ctx: Ctx) -> web.StreamResponse:
-    backend_id, _, _, _ = split_upload_id(ctx, ctx.route.q("uploadId") or "")
+    backend_id = backend_upload_id(ctx, ctx.route.q("uploadId") or "")
     body = RequestBody(ctx.request, ctx.caller.auth)
     xml = await body.read_all(ctx.state.settings.limits.max_xml_body)
     xml = _PART_CHECKSUM.sub(b"", xml)
@@ -239,14 +252,14 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
 
 
 async def abort(ctx: Ctx) -> web.StreamResponse:
-    backend_id, _, _, _ = split_upload_id(ctx, ctx.route.q("uploadId") or "")
+    backend_id = backend_upload_id(ctx, ctx.route.q("uploadId") or "")
     resp = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     return await relay(ctx, resp)
 
 
 async def list_parts(ctx: Ctx) -> web.StreamResponse:
     client_id = ctx.route.q("uploadId") or ""
-    backend_id, _, _, _ = split_upload_id(ctx, client_id)
+    backend_id = backend_upload_id(ctx, client_id)
     resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     if resp.status != 200:
         return await backend_error(ctx, resp)

@@ -317,10 +317,14 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
                 for piece in pieces if isinstance(pieces, list) else (pieces,):
                     if piece:
                         sent += len(piece)
+                        if sent > size:  # more plaintext than the (unauthenticated) length promised
+                            raise integrity_error()
                         await out.write(piece)
             tail = dec.finalize()
             if tail:
                 sent += len(tail)
+                if sent > size:
+                    raise integrity_error()
                 await out.write(tail)
         except BaseException as e:
             # Headers are out: the only honest signal left is a broken connection.
@@ -382,36 +386,56 @@ async def part_table(
     H, O = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
     if first_header is None:
         first_header = await fetch_bytes(ctx, bucket, key, 0, H, etag, q)
-    c1 = _header_len(first_header)
+    c1, pn1 = _header_info(first_header)
     table: list[tuple[int, int]] | None = None
     last = ct_total - ((n or 1) - 1) * c1
     if n is not None and O <= last <= c1:
         guess = [(i * c1, c1) for i in range(n - 1)] + [((n - 1) * c1, last)]
         # Check the guess against the authenticated length in each part header.
         headers = await asyncio.gather(*(fetch_bytes(ctx, bucket, key, off, off + H, etag, q) for off, _ in guess[1:]))
-        if all(_header_len(h) == c for h, (_, c) in zip(headers, guess[1:], strict=True)):
+        infos = [_header_info_or_none(h) for h in headers]
+        if all(i is not None and i[0] == gc for i, (_, gc) in zip(infos, guess[1:], strict=True)):
+            _check_order([pn1, *(i[1] for i in infos if i is not None)])
             table = guess
     if table is None:
         # Walk the authenticated-length part headers with small ranged GETs.
-        table, off = [], 0
+        table, off, numbers = [], 0, []
         while off < ct_total and len(table) < (n or sizes.MAX_PART_NUMBER):
             h = first_header if off == 0 else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
-            c = _header_len(h)
+            c, pn = _header_info(h)
             table.append((off, c))
+            numbers.append(pn)
             off += c
         if off != ct_total or (n is not None and len(table) != n):
             raise integrity_error()
+        _check_order(numbers)
     if len(ctx.state.part_tables) > 1024:
         ctx.state.part_tables.clear()
     ctx.state.part_tables[cache_key] = tuple(x for pair in table for x in pair)
     return table
 
 
-def _header_len(header: bytes) -> int:
+def _check_order(part_numbers: list[int]) -> None:
+    """Parts keep the order they were completed in: their numbers strictly increase."""
+    if any(b <= a for a, b in zip(part_numbers, part_numbers[1:])):
+        raise integrity_error()
+
+
+def _header_info_or_none(header: bytes) -> tuple[int, int] | None:
     try:
-        return parse_k_header(header).plaintext_length + sizes.K_PART_OVERHEAD
+        h = parse_k_header(header)
+    except FormatError:
+        return None  # not a part boundary: the uniform-parts guess was wrong
+    return h.plaintext_length + sizes.K_PART_OVERHEAD, h.part_number
+
+
+def _header_info(header: bytes) -> tuple[int, int]:
+    """(ciphertext length, part number) from a part header (authenticated later, on use)."""
+    try:
+        h = parse_k_header(header)
     except FormatError:
         raise integrity_error() from None
+    return h.plaintext_length + sizes.K_PART_OVERHEAD, h.part_number
 
 
 async def _get_partial(ctx: Ctx) -> web.StreamResponse:
@@ -477,6 +501,8 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
             await out.write(first)
         async for piece in pieces:
             sent += len(piece)
+            if sent > length:
+                raise integrity_error()
             await out.write(piece)
     except BaseException as e:
         abort_connection(ctx)

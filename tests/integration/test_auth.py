@@ -369,6 +369,25 @@ def test_aws_chunked_raw_upload_complete(proxy, s3, bucket):
     assert s3.get_object(Bucket=bucket, Key="whole")["Body"].read() == data
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "a header line over 8190 bytes is rejected by aiohttp's HTTP parser (max_field_size) before the app runs: "
+    "400 text/plain 'Got more than 8190 bytes...', no S3 XML, no x-amz-request-id. Fix: raise the parser "
+    "limits where the server/AppRunner is built and enforce an S3-style limit (S3 XML error) in middleware."))
+def test_huge_header_is_s3_error(proxy, bucket):
+    ak, sk = main_creds(proxy)
+    req = sign("GET", object_url(proxy.url, bucket, "x"), ak, sk, headers={"x-amz-meta-big": "a" * (64 * KiB)})
+    r = send_signed(req)
+    assert r.status == 400
+    assert_s3_error(r, 400, r.error()["Code"])
+
+
+def test_error_on_head_has_request_id_and_no_body(proxy, bucket):
+    r = signed(proxy, "HEAD", bucket, "missing")
+    assert r.status == 404
+    assert r.body == b""
+    assert r.header("x-amz-request-id")
+
+
 def _cut_upload(proxy, bucket, key, mode):
     """Start a 1 MiB PUT, send part of its body, then close the socket."""
     total = 1 * MiB

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -85,10 +86,14 @@ def test_ls(aws_cli, s3, bucket):
 
 
 def _tree(root, files):
+    # mtimes a minute in the past: S3's LastModified has 1 s resolution, and sync re-uploads a local file
+    # whose mtime is newer than it (a file written in the same second as its upload would look newer).
+    old = time.time() - 60
     for rel, n in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(rand(n))
+        os.utime(p, (old, old))
 
 
 SYNC_FILES = {
