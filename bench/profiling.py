@@ -1,5 +1,6 @@
 """Profiles of an s3proxy process under big PUTs and GETs: py-spy (Python and native frames) and,
-where ``perf`` exists, perf (kernel, libc and library symbols, and who calls memmove).
+where ``perf`` exists, perf (kernel, libc and library symbols, and who calls memmove;
+``BENCH_KEEP_PERF=1`` keeps the perf.data files).
 
 py-spy shows where the Python code is; on this workload most samples sit in
 C (socket reads and writes, memmove, page faults), which only perf names.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import shutil
 import signal
 import subprocess
@@ -98,8 +100,8 @@ def perf_summary(data: Path, top: int = 20) -> dict[str, Any]:
         if ";" not in stack or not pct.endswith("%"):
             continue
         frames = [f.replace(" (inlined)", "") for f in stack.split(";")[1:]]
-        chain = [f for f in frames if not f.startswith(_SKIP)][:3]
-        callers[" <- ".join(chain) or "(python eval loop)"] += float(pct.rstrip("%"))
+        chain = frames[:2] + [f for f in frames[2:] if not f.startswith(_SKIP)][:2]
+        callers[" <- ".join(chain) or "?"] += float(pct.rstrip("%"))
     out["memmove_callers"] = [(round(v, 1), k) for k, v in callers.most_common(8)]
     return out
 
@@ -148,7 +150,7 @@ async def profile(s: System, pattern: Pattern, size: int, out: Path, seconds: fl
                                              "minor_faults_per_gib": round(flt / gib)}
                     if data.exists():
                         entry.update(await asyncio.to_thread(perf_summary, data))
-                        data.unlink()
+                        data.unlink() if not os.environ.get("BENCH_KEEP_PERF") else None
                     res["perf"][f"{op} {t.name}"] = entry
     else:
         res["perf"] = {"error": "perf not installed"}

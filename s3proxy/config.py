@@ -96,8 +96,10 @@ class LogSettings(_Model):
 class LimitSettings(_Model):
     max_xml_body: int = Field(2 * 1024 * 1024, ge=1024)
     max_header_size: int = Field(16 * 1024, ge=1024)
-    max_object_size: int = Field(5 * 1024**3, ge=1)
-    max_part_size: int = Field(5 * 1024**3, ge=1)
+    # Plaintext limits chosen so that the ciphertext stays within S3's 5 GiB
+    # PUT / UploadPart / CopyObject limits (see docs/FORMAT.md for the overheads).
+    max_object_size: int = Field(5_363_471_288, ge=1)
+    max_part_size: int = Field(5 * 1024**3 - 16_454, ge=1)
 
 
 class Settings(_Model):

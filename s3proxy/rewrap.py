@@ -73,7 +73,7 @@ from xml.sax.saxutils import escape
 
 import aiohttp
 
-from s3proxy.backend.client import BackendClient, encode_key
+from s3proxy.backend.client import BackendClient
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
     ENVELOPE_KEYS,
@@ -147,9 +147,7 @@ def quoted(etag: str) -> str:
     return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
 
 
-def copy_source(bucket: str, key: str) -> str:
-    """``x-amz-copy-source`` of ``bucket/key`` (never the backend URL's path prefix)."""
-    return "/" + quote(bucket, safe="") + "/" + encode_key(key)
+copy_source = BackendClient.copy_source
 
 
 def _local(tag: str) -> str:
@@ -877,6 +875,8 @@ class Rewrapper:
         started = time.monotonic()
         if self.settings.bucket(self.bucket).mode != "encrypt":
             raise SetupError(f"bucket {self.bucket!r} is configured as passthrough: nothing in it is encrypted")
+        if not self.dry_run and not self.state_path.parent.is_dir():
+            raise SetupError(f"the directory of the state file {self.state_path} does not exist")
         state = _State() if self.dry_run else self._load_state()
         self.client = BackendClient(self.settings.backend)
         self.keys = build_key_manager(self.settings.keys)

@@ -89,6 +89,12 @@ class BackendClient:
                 path += "/" + encode_key(key)
         return path
 
+    @staticmethod
+    def copy_source(bucket: str, key: str, version_id: str | None = None) -> str:
+        """The ``x-amz-copy-source`` value: ``/bucket/key`` (no backend path prefix)."""
+        src = "/" + quote(bucket, safe="") + "/" + encode_key(key)
+        return src + (f"?versionId={quote(version_id, safe='')}" if version_id else "")
+
     async def request(
         self,
         method: str,
@@ -97,7 +103,7 @@ class BackendClient:
         *,
         query: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        body: bytes | AsyncIterable[bytes] | None = None,
+        body: bytes | AsyncIterable[bytes | bytearray] | None = None,
         content_length: int | None = None,
         credentials: BackendCredentials | None = None,
     ) -> aiohttp.ClientResponse:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NoReturn, Protocol
 

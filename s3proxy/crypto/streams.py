@@ -9,7 +9,7 @@ synchronous like ``crypto.format``; the async glue lives in the handlers.
 
 from __future__ import annotations
 
-from s3proxy.crypto.format import KPartDecryptor, PartOrderError, Truncated, TrailingData, parse_k_header
+from s3proxy.crypto.format import KPartDecryptor, PartOrderError, TrailingData, Truncated, parse_k_header
 from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
 
 
@@ -24,8 +24,8 @@ class KObjectDecryptor:
         self._part: KPartDecryptor | None = None
         self._remaining = 0  # ciphertext bytes of the current part after its header
 
-    def update(self, data: bytes | memoryview) -> list[bytes]:
-        out: list[bytes] = []
+    def update(self, data: bytes | memoryview) -> list[bytes | bytearray]:
+        out: list[bytes | bytearray] = []
         mv = memoryview(data)
         while mv:
             if self._part is None:
@@ -58,7 +58,7 @@ class KObjectDecryptor:
                 self._finish_part(out)
         return out
 
-    def _finish_part(self, out: list[bytes]) -> None:
+    def _finish_part(self, out: list[bytes | bytearray]) -> None:
         assert self._part is not None
         tail = self._part.finalize()
         if tail:

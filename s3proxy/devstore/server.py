@@ -686,7 +686,7 @@ class DevStoreServer:
             raw = h.get("x-amz-decoded-content-length", "")
             if not raw.isdigit():
                 raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-            declared = int(raw)
+            decoded = int(raw)
             signing = None
             if ph != STREAMING_UNSIGNED_PAYLOAD_TRAILER:
                 signing = ChunkSigning(
@@ -697,8 +697,8 @@ class DevStoreServer:
                 )
             trailer = ph in (STREAMING_PAYLOAD_TRAILER, STREAMING_UNSIGNED_PAYLOAD_TRAILER)
             names = [n.strip() for n in h.get("x-amz-trailer", "").split(",") if n.strip()] if trailer else []
-            decoder = ChunkedDecoder(signing=signing, trailer=trailer, decoded_length=declared)
-            return decoder, declared, names
+            decoder = ChunkedDecoder(signing=signing, trailer=trailer, decoded_length=decoded)
+            return decoder, decoded, names
         declared = ctx.request.content_length
         if declared is None and "chunked" not in h.get("Transfer-Encoding", "").lower():
             if ctx.request.body_exists:

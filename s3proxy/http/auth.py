@@ -136,7 +136,7 @@ class RequestBody:
         }
         self._trailer_checksums: dict[str, str] = {}
 
-    async def _wire(self) -> AsyncIterator[bytes]:
+    async def _wire(self) -> AsyncIterator[bytes | bytearray]:
         while True:
             try:
                 data = await self._stream.readany()
@@ -146,7 +146,7 @@ class RequestBody:
                 return
             yield data
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncIterator[bytes | bytearray]:
         """Plaintext pieces; the last one only after every check passed."""
         if self._consumed:
             raise RuntimeError("body already consumed")

@@ -7,10 +7,9 @@ re-signed and passed through unchanged (``passthrough``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-
-import re
 from xml.sax.saxutils import unescape
 
 import aiohttp
@@ -263,8 +262,8 @@ class _Capture:
     def __init__(self) -> None:
         self.error: BaseException | None = None
 
-    def wrap(self, it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async def gen() -> AsyncIterator[bytes]:
+    def wrap(self, it: AsyncIterator[bytes | bytearray]) -> AsyncIterator[bytes | bytearray]:
+        async def gen() -> AsyncIterator[bytes | bytearray]:
             try:
                 async for piece in it:
                     yield piece
@@ -283,7 +282,7 @@ async def send_streamed(
     *,
     query: tuple[tuple[str, str], ...] | list[tuple[str, str]],
     headers: Mapping[str, str],
-    body: AsyncIterator[bytes],
+    body: AsyncIterator[bytes | bytearray],
     content_length: int,
 ) -> aiohttp.ClientResponse:
     """Upload a streamed body; an error in the body aborts the request and is re-raised."""

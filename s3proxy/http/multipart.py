@@ -118,11 +118,11 @@ async def _upload_dek(ctx: Ctx, op: str) -> tuple[str, bytes, bytearray, Envelop
 
 
 async def _send_part(
-    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int, plaintext: AsyncIterator[bytes]
+    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int, plaintext: AsyncIterator[bytes | bytearray]
 ) -> aiohttp.ClientResponse:
     enc = KPartEncryptor(dek, object_id, pn, p)
 
-    async def ciphertext() -> AsyncIterator[bytes]:
+    async def ciphertext() -> AsyncIterator[bytes | bytearray]:
         yield enc.header()
         async for piece in plaintext:
             out = enc.update(piece)
@@ -232,10 +232,27 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
 _PART_CHECKSUM = _CHECKSUM_EL
 
 
+def _check_complete_xml(xml: bytes) -> None:
+    """S3's MalformedXML for a body that isn't a CompleteMultipartUpload document."""
+    import xml.etree.ElementTree as ET
+
+    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
+        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400)
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400) from None
+    if root.tag.rsplit("}", 1)[-1] != "CompleteMultipartUpload" or not any(
+        el.tag.rsplit("}", 1)[-1] == "Part" for el in root
+    ):
+        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400)
+
+
 async def complete(ctx: Ctx) -> web.StreamResponse:
     backend_id = backend_upload_id(ctx, ctx.route.q("uploadId") or "")
     body = RequestBody(ctx.request, ctx.caller.auth)
     xml = await body.read_all(ctx.state.settings.limits.max_xml_body)
+    _check_complete_xml(xml)
     xml = _PART_CHECKSUM.sub(b"", xml)
     headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-mp-object-size"])
     resp = await ctx.state.backend.request(
@@ -274,6 +291,22 @@ async def list_uploads(ctx: Ctx) -> web.StreamResponse:
     return await relay(ctx, resp)
 
 
+async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, str]]) -> str:
+    """The source object's tags as an ``x-amz-tagging`` header value ('' if none)."""
+    from urllib.parse import quote
+    from xml.sax.saxutils import unescape
+
+    r = await ctx.state.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
+    body = await read_at_most(r, 1 << 16)
+    r.release()
+    if r.status != 200:
+        return ""
+    pairs = re.findall(rb"<Tag>\s*<Key>(.*?)</Key>\s*<Value>(.*?)</Value>\s*</Tag>", body, re.S)
+    return "&".join(
+        f"{quote(unescape(k.decode()), safe='')}={quote(unescape(v.decode()), safe='')}" for k, v in pairs
+    )
+
+
 async def copy_multipart(
     ctx: Ctx,
     src_bucket: str,
@@ -293,6 +326,12 @@ async def copy_multipart(
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
     backend = ctx.state.backend
     create_headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-copy-source-if-")}
+    if ctx.request.headers.get("x-amz-tagging-directive", "COPY").upper() == "COPY":
+        # A new upload starts untagged; S3's CopyObject keeps the source's tags by default.
+        create_headers.pop("x-amz-tagging", None)
+        tags = await _source_tagging(ctx, src_bucket, src_key, vq)
+        if tags:
+            create_headers["x-amz-tagging"] = tags
     resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -301,7 +340,7 @@ async def copy_multipart(
     if m is None:
         raise S3Error("InternalError", "backend returned no UploadId", 500)
     upload_id = m.group(1).decode()
-    source = backend.path_for(src_bucket, src_key) + (f"?versionId={vq[0][1]}" if vq else "")
+    source = backend.copy_source(src_bucket, src_key, vq[0][1] if vq else None)
     sem = asyncio.Semaphore(8)
 
     async def copy_part(i: int, off: int, c: int) -> str:

@@ -200,7 +200,7 @@ async def put_object(ctx: Ctx) -> web.StreamResponse:
     env = make_envelope(dek, "S", oid, wrapped, context, bucket, key)
     enc = SEncryptor(dek, oid)
 
-    async def ciphertext() -> AsyncIterator[bytes]:
+    async def ciphertext() -> AsyncIterator[bytes | bytearray]:
         async for piece in body.chunks():
             out = enc.update(piece)
             if out:
@@ -383,13 +383,13 @@ async def part_table(
     if n is not None and n < 1:
         raise integrity_error()
     q = version_query(ctx)
-    H, O = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
+    H, OVH = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
     if first_header is None:
         first_header = await fetch_bytes(ctx, bucket, key, 0, H, etag, q)
     c1, pn1 = _header_info(first_header)
     table: list[tuple[int, int]] | None = None
     last = ct_total - ((n or 1) - 1) * c1
-    if n is not None and O <= last <= c1:
+    if n is not None and OVH <= last <= c1:
         guess = [(i * c1, c1) for i in range(n - 1)] + [((n - 1) * c1, last)]
         # Check the guess against the authenticated length in each part header.
         headers = await asyncio.gather(*(fetch_bytes(ctx, bucket, key, off, off + H, etag, q) for off, _ in guess[1:]))
@@ -417,7 +417,7 @@ async def part_table(
 
 def _check_order(part_numbers: list[int]) -> None:
     """Parts keep the order they were completed in: their numbers strictly increase."""
-    if any(b <= a for a, b in zip(part_numbers, part_numbers[1:])):
+    if any(b <= a for a, b in zip(part_numbers, part_numbers[1:], strict=False)):
         raise integrity_error()
 
 
@@ -473,9 +473,9 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
         pn = _part_number(part_number)
         if pn > len(table):
             raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
-        O = sizes.K_PART_OVERHEAD if env.layout == "K" else 0
-        start = table[pn - 1][0] - (pn - 1) * O
-        end = start + (table[pn - 1][1] - O if env.layout == "K" else size)
+        OVH = sizes.K_PART_OVERHEAD if env.layout == "K" else 0
+        start = table[pn - 1][0] - (pn - 1) * OVH
+        end = start + (table[pn - 1][1] - OVH if env.layout == "K" else size)
         hdrs["x-amz-mp-parts-count"] = str(len(table))
     else:
         rng = parse_range(ctx.request.headers.get("Range"))
@@ -486,10 +486,11 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     pieces = _decrypt_range(ctx, sealed, table, total, start, end, etag, head, q)
     out = web.StreamResponse(status=206, headers=hdrs)
     out.content_length = length
-    first: bytes | None = None
+    first: bytes | bytearray = b""
     try:
         # Produce the first authenticated piece before committing to a 206.
-        first = await anext(pieces, b"")
+        async for first in pieces:  # noqa: B007 - take one piece, keep the generator
+            break
     except FormatError:
         ctx.state.metrics.integrity_failures.inc()
         raise integrity_error() from None
@@ -527,7 +528,7 @@ async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
 
 async def _stream_ciphertext(
     ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, q: list[tuple[str, str]], head: bytes
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | bytearray]:
     if end <= len(head):
         yield head[start:end]
         return
@@ -546,7 +547,7 @@ async def _stream_ciphertext(
 async def _decrypt_range(
     ctx: Ctx, sealed: Sealed, table: list[tuple[int, int]], total: int, start: int, end: int, etag: str,
     head: bytes, q: list[tuple[str, str]], bucket: str | None = None, key: str | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[bytes | bytearray]:
     """Authenticated plaintext [start, end), fetching only the chunks needed."""
     env, dek = sealed.env, sealed.dek
     bucket, key = bucket or ctx.bucket, key or ctx.key
@@ -566,11 +567,11 @@ async def _decrypt_range(
         if tail:
             yield tail
         return
-    O, H = sizes.K_PART_OVERHEAD, sizes.K_HEADER_SIZE
+    OVH, H = sizes.K_PART_OVERHEAD, sizes.K_HEADER_SIZE
     p_off = 0
     last_pn = 0
     for off, c_part in table:
-        p_part = c_part - O
+        p_part = c_part - OVH
         a, b = max(start, p_off), min(end, p_off + p_part)
         p_off += p_part
         if a >= b:
@@ -683,9 +684,7 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
         headers["x-amz-copy-source-" + k] = v
     if env.layout == "K":
         return await multipart.copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers)
-    headers["x-amz-copy-source"] = ctx.state.backend.path_for(src_bucket, src_key) + (
-        f"?versionId={src_version}" if src_version else ""
-    )
+    headers["x-amz-copy-source"] = ctx.state.backend.copy_source(src_bucket, src_key, src_version)
     headers["x-amz-metadata-directive"] = "REPLACE"
     resp = await ctx.state.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
     if resp.status != 200:

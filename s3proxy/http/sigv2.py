@@ -82,10 +82,10 @@ def string_to_sign(
     for k, vs in lower.items():
         if k.startswith("x-amz-"):
             amz[k] = ",".join(v.strip() for v in vs)
-    for k, v in query:
+    for k, qv in query:
         lk = k.lower()
-        if lk.startswith("x-amz-") and lk not in amz and v is not None:
-            amz[lk] = v.strip()
+        if lk.startswith("x-amz-") and lk not in amz and qv is not None:
+            amz[lk] = qv.strip()
     canon_amz = "".join(f"{k}:{amz[k]}\n" for k in sorted(amz))
     sub = sorted((k, v) for k, v in query if k in SUBRESOURCES)
     resource = resource_prefix + raw_path

@@ -638,7 +638,7 @@ def _verify_presigned(
         headers,
         payload_hash,
     )
-    scope, key, signature = _compare(
+    scope, signing_key, signature = _compare(
         provided=provided,
         secret=secret,
         access_key=access_key,
@@ -656,7 +656,7 @@ def _verify_presigned(
         scope=scope,
         region=region,
         signature=signature,
-        signing_key=key,
+        signing_key=signing_key,
     )
 
 

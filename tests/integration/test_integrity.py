@@ -276,15 +276,17 @@ def test_tampered_metadata(proxy, s3, raw, bucket, field):
 
 # --------------------------------------------------------------------- tampering with multipart (K-layout) objects
 
-MP_PARTS = (PART, 200_000)
+MP_PARTS = (PART, 200_000)  # part 2: 1020 chunks of 196 bytes + 80, then 3 empty trailing chunks
+FULL_LAST = 196 * sizes.K_CHUNKS  # a last part whose K chunks are all full
 
 
 @pytest.fixture()
-def mp_object(s3, raw, bucket):
-    parts = [rand(n) for n in MP_PARTS]
+def mp_object(request, s3, raw, bucket):
+    """A 2-part object; its last part's size is ``request.param`` (indirect) or MP_PARTS[1]."""
+    parts = [rand(PART), rand(getattr(request, "param", MP_PARTS[1]))]
     multipart_upload(s3, bucket, "mp", parts)
     lens = raw_part_lengths(raw, bucket, "mp", len(parts))
-    assert lens == [sizes.k_part_ciphertext_size(n) for n in MP_PARTS]
+    assert lens == [sizes.k_part_ciphertext_size(len(p)) for p in parts]
     ct = stored(raw, bucket, "mp")
     cts = [ct[:lens[0]], ct[lens[0]:]]
     return b"".join(parts), cts
@@ -303,6 +305,10 @@ K_TAMPER = {
     # The last tag belongs to an empty trailing chunk: only reads that cover it (the full GET) must fail.
     "last-tag": (lambda c1, c2: (c1, _flip(c2, len(c2) - 1)), [], "bytes=-1"),
     "truncate-last-part": (lambda c1, c2: (c1, c2[:-16]), ["bytes=-1"], "bytes=0-99"),
+    "truncate-last-part-1": (lambda c1, c2: (c1, c2[:-1]), ["bytes=-1"], "bytes=0-99"),
+    "truncate-last-part-300": (lambda c1, c2: (c1, c2[:-300]), ["bytes=-1"], "bytes=0-99"),
+    "truncate-first-part": (lambda c1, c2: (c1[:-16], c2), [f"bytes={PART - 1}-{PART}"], "bytes=0-99"),
+    "append-first-part": (lambda c1, c2: (c1 + bytes(16), c2), [f"bytes={PART - 1}-{PART}"], "bytes=0-99"),
     "append-last-part": (lambda c1, c2: (c1, c2 + bytes(16)), ["bytes=-1"], "bytes=0-99"),
     "swap-chunks-in-part": (lambda c1, c2: (c1[:_k_chunk(PART, 10)] + c1[_k_chunk(PART, 11):_k_chunk(PART, 12)]
                                             + c1[_k_chunk(PART, 10):_k_chunk(PART, 11)] + c1[_k_chunk(PART, 12):], c2),
@@ -310,17 +316,12 @@ K_TAMPER = {
 }
 
 
-TRUNCATE_BUG = (
-    "proxy bug: a K object whose last part lost its final 16 bytes is served as a clean 200 of size-16 bytes. "
-    "The size comes from ct_total - N*O, so Content-Length shrinks; _get_full (objects.py) writes every decrypted "
-    "piece without checking sent+len(piece) <= size, aiohttp silently cuts the write at Content-Length, and the "
-    "later 'sent != size' abort comes after the client already has its complete body.")
+K_CASES = [pytest.param(k, MP_PARTS[1], id=k) for k in K_TAMPER] + [
+    pytest.param(k, FULL_LAST, id=f"{k}-full-chunks") for k in K_TAMPER if k.startswith(("truncate-last", "last-tag", "append-last"))
+]
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(k, marks=pytest.mark.xfail(strict=False, reason=TRUNCATE_BUG)) if k == "truncate-last-part" else k
-    for k in K_TAMPER
-])
+@pytest.mark.parametrize("kind,mp_object", K_CASES, indirect=["mp_object"])
 def test_tampered_multipart(proxy, s3, raw, bucket, mp_object, kind):
     data, (c1, c2) = mp_object
     transform, bad, maybe = K_TAMPER[kind]
@@ -332,7 +333,7 @@ def test_tampered_multipart(proxy, s3, raw, bucket, mp_object, kind):
 def test_multipart_part_from_other_upload(proxy, s3, raw, bucket, mp_object):
     """Part 2 replaced by part 2 of another object of the same shape (same sizes)."""
     data, (c1, _) = mp_object
-    multipart_upload(s3, bucket, "other", [rand(n) for n in MP_PARTS])
+    multipart_upload(s3, bucket, "other", [rand(n) for n in (PART, len(data) - PART)])
     other = stored(raw, bucket, "other")
     raw_rewrite_multipart(raw, bucket, "mp", [c1, other[len(c1):]])
     check_tampered(proxy, bucket, "mp", data, [f"bytes={PART}-{PART + 9}"], "bytes=0-99")
@@ -356,11 +357,6 @@ def test_multipart_truncated_and_collapsed(proxy, s3, raw, bucket, mp_object):
     assert_read_fails(get_via_proxy(proxy, bucket, "mp"))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "proxy bug: with two equal-size parts stored in swapped order, a full GET fails but ranged GETs return "
-    "206 with the *other* part's bytes (bytes=0-9 -> part 2's first bytes). _decrypt_range (objects.py) only "
-    "checks part numbers increase within the requested span (kd.part_number <= last_pn) and part_table never "
-    "checks the part number in each header against its position/order."))
 def test_multipart_parts_swapped_positions(proxy, s3, raw, bucket):
     """Two equal-size parts stored in the opposite order."""
     parts = [rand(PART), rand(PART)]

@@ -160,3 +160,17 @@ def test_boto3_default_presigned_urls_sigv2(proxy: Proxy, s3: Any, bucket: str) 
     with pytest.raises(urllib.error.HTTPError) as ei:
         urllib.request.urlopen(bad, timeout=10)
     assert ei.value.code == 403
+
+
+def test_multipart_copy_keeps_tags(s3: Any, bucket: str) -> None:
+    part = 5 * 1024 * 1024
+    up = s3.create_multipart_upload(Bucket=bucket, Key="tagged", Tagging="team=blue&tier=gold")["UploadId"]
+    etags = [{"PartNumber": i + 1, "ETag": s3.upload_part(Bucket=bucket, Key="tagged", UploadId=up, PartNumber=i + 1,
+                                                          Body=b"t" * (part if i == 0 else 10))["ETag"]} for i in range(2)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="tagged", UploadId=up, MultipartUpload={"Parts": etags})
+    s3.copy_object(Bucket=bucket, Key="tagged-copy", CopySource={"Bucket": bucket, "Key": "tagged"})
+    tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key="tagged-copy")["TagSet"]}
+    assert tags == {"team": "blue", "tier": "gold"}
+    s3.copy_object(Bucket=bucket, Key="tagged-re", CopySource={"Bucket": bucket, "Key": "tagged"},
+                   TaggingDirective="REPLACE", Tagging="x=1")
+    assert s3.get_object_tagging(Bucket=bucket, Key="tagged-re")["TagSet"] == [{"Key": "x", "Value": "1"}]

@@ -484,7 +484,16 @@ def test_minio_presigner(key: str) -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     key=st.text(min_size=1, max_size=40),
-    query=st.lists(st.tuples(st.text(min_size=1, max_size=10), st.text(max_size=10)), max_size=5),
+    # Auth parameter names (X-Amz-*, Signature, AWSAccessKeyId...) would make it a different request form.
+    query=st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=10).filter(
+                lambda k: k not in ("Signature", "AWSAccessKeyId", "Expires") and not k.lower().startswith("x-amz-")
+            ),
+            st.text(max_size=10),
+        ),
+        max_size=5,
+    ),
     region=st.sampled_from(["us-east-1", "eu-west-3", "local", "garage"]),
 )
 def test_sign_request_round_trip(key: str, query: list[tuple[str, str]], region: str) -> None:
