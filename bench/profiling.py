@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,10 +23,32 @@ from bench.loadgen import Pattern, S3Client
 from bench.origins import VENV_BIN, System, cpu_seconds, minor_faults
 
 MiB = 1 << 20
-OPS = ("PUT", "GET", "PUT multipart", "GET multipart object")
+OPS = ("PUT", "GET", "PUT multipart", "GET multipart object", "PUT 4 KiB c=16", "GET 4 KiB c=16")
+
+
+async def _small(c: S3Client, s: System, op: str, pattern: Pattern, seconds: float) -> tuple[int, float]:
+    data = pattern.bytes(0, 4096)
+    t0, n = time.perf_counter(), 0
+
+    async def worker(w: int) -> None:
+        nonlocal n
+        i = 0
+        while time.perf_counter() - t0 < seconds:
+            key = f"prof-small/{w}-{i % 50}"
+            if op.startswith("PUT"):
+                await c.put_bytes(s.bucket, key, data)
+            else:
+                await c.get_bytes(s.bucket, key)
+            i += 1
+            n += 1
+
+    await asyncio.gather(*(worker(w) for w in range(16)))
+    return n, time.perf_counter() - t0
 
 
 async def _drive(c: S3Client, s: System, op: str, pattern: Pattern, size: int, seconds: float) -> tuple[int, float]:
+    if "KiB" in op:
+        return await _small(c, s, op, pattern, seconds)
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds and n < 50:
         if op == "PUT":
@@ -49,8 +72,8 @@ def _stop(p: subprocess.Popen[bytes]) -> None:
         p.wait()
 
 
-def pyspy_summary(raw: Path, top: int = 25) -> dict[str, Any]:
-    """Self and inclusive sample shares per frame from py-spy's raw (collapsed) output."""
+def pyspy_summary(raw: Path, top: int = 200) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
     self_c: dict[str, int] = collections.Counter()
     incl: dict[str, int] = collections.Counter()
     total = 0
@@ -60,7 +83,7 @@ def pyspy_summary(raw: Path, top: int = 25) -> dict[str, Any]:
             continue
         k = int(n)
         total += k
-        frames = stack.split(";")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]  # per function, not per line
         self_c[frames[-1]] += k
         for f in set(frames):
             incl[f] += k
@@ -117,20 +140,30 @@ async def profile(s: System, pattern: Pattern, size: int, out: Path, seconds: fl
             await c.put(t.bucket, "prof", pattern, size)
             await c.multipart_upload(t.bucket, "prof-mp", pattern, size, 8 * MiB, 8)
     async with S3Client(s.url, s.access_key, s.secret_key, cafile=s.cafile) as c:
+        small = pattern.bytes(0, 4096)
+        for w in range(16):  # the keys "GET 4 KiB" reads
+            await asyncio.gather(*(c.put_bytes(s.bucket, f"prof-small/{w}-{i}", small) for i in range(50)))
         for op in OPS:
             if not spy.exists():
                 res["pyspy"] = {"error": "py-spy not installed (pip install py-spy into the venv)"}
                 break
             raw = out / f"pyspy-{op.replace(' ', '-').lower()}.txt"
+            # native frames for the byte-moving operations; Python frames only (without pausing the
+            # process, so the request rate stays representative) for the small-object ones
+            mode = ["--nonblocking"] if "KiB" in op else ["--native"]
             p = subprocess.Popen([str(spy), "record", "--pid", str(s.pid), "--rate", "400", "--format", "raw",
-                                  "--native", "--output", str(raw)],
+                                  *mode, "--output", str(raw)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             await asyncio.sleep(1.0)  # attach
             cpu0 = cpu_seconds([s.pid])
             n, secs = await _drive(c, s, op, pattern, size, seconds)
             cpu = cpu_seconds([s.pid]) - cpu0
             _stop(p)
-            res["pyspy"][op] = {"mb_s": round(n * size / secs / 1e6, 1), "cpu_s_per_gib": round(cpu / (n * size / (1 << 30)), 2),
+            if "KiB" in op:
+                figures = {"ops_s": round(n / secs, 1), "cpu_ms_per_op": round(cpu * 1e3 / max(1, n), 3)}
+            else:
+                figures = {"mb_s": round(n * size / secs / 1e6, 1), "cpu_s_per_gib": round(cpu / (n * size / (1 << 30)), 2)}
+            res["pyspy"][op] = {**figures,
                                 "raw": raw.name, **(pyspy_summary(raw) if raw.exists() else {"error": "no profile written"})}
     if shutil.which("perf"):
         for t in systems:
@@ -167,11 +200,14 @@ def markdown(prof: dict[str, Any]) -> str:
         if not isinstance(p, dict) or "self" not in p:
             lines.append(f"- py-spy {op}: {p}")
             continue
-        lines.append(f"### py-spy --native, {op} ({p['mb_s']} MB/s while sampled, {p['cpu_s_per_gib']} CPU s/GiB, "
-                     f"{p['samples']} samples)\n")
+        rate = (f"{p['ops_s']} ops/s while sampled, {p['cpu_ms_per_op']} CPU ms/op" if "ops_s" in p
+                else f"{p['mb_s']} MB/s while sampled, {p['cpu_s_per_gib']} CPU s/GiB")
+        how = "py-spy --nonblocking" if "ops_s" in p else "py-spy --native"
+        lines.append(f"### {how}, {op} ({rate}, {p['samples']} samples)\n")
         lines.append("| self % | frame |\n|---|---|")
-        lines += [f"| {v} | `{f}` |" for f, v in p["self"][:12]]
-        py = [(f, v) for f, v in p["inclusive"] if ".py:" in f and "asyncio/" not in f][:12]
+        lines += [f"| {v} | `{f}` |" for f, v in p["self"][: 15 if "ops_s" in p else 12]]
+        py = [(f, v) for f, v in p["inclusive"] if ".py)" in f and "asyncio/" not in f
+              and not f.startswith(("main (", "cmd_serve (", "serve (", "<module>", "run ("))][: 25 if "ops_s" in p else 12]
         if py:
             lines.append("\n| inclusive % | Python frame |\n|---|---|")
             lines += [f"| {v} | `{f}` |" for f, v in py]

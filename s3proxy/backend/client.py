@@ -10,6 +10,7 @@ never stores a partial object.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import ssl
 from collections.abc import AsyncIterable, Mapping, Sequence
@@ -31,6 +32,12 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 class BackendCredentials:
     access_key: str
     secret_key: str
+
+
+# Per-identity backend credentials for the request being served (set by dispatch).
+REQUEST_CREDENTIALS: contextvars.ContextVar[BackendCredentials | None] = contextvars.ContextVar(
+    "s3proxy_backend_credentials", default=None
+)
 
 
 def encode_key(key: str) -> str:
@@ -109,7 +116,7 @@ class BackendClient:
     ) -> aiohttp.ClientResponse:
         """Send one signed request; the caller reads and releases the response."""
         assert self._session is not None, "BackendClient.start() not called"
-        creds = credentials or self.credentials
+        creds = credentials or REQUEST_CREDENTIALS.get() or self.credentials
         path = self.path_for(bucket, key)
         hdrs: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
         hdrs["host"] = self._host

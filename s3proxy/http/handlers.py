@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from s3proxy.app import OP, REQUEST_ID, STATE, AppState
+from s3proxy.backend.client import REQUEST_CREDENTIALS, BackendCredentials
 from s3proxy.config import BucketSettings, Identity
 from s3proxy.http.auth import Caller, RequestBody, authenticate
 from s3proxy.http.errors import S3Error, access_denied
@@ -139,7 +140,6 @@ def authorise(ctx: Ctx) -> None:
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    from s3proxy.http import listing, multipart, objects
 
     state = request.app[STATE]
     raw_path, _, raw_query = request.raw_path.partition("?")
@@ -148,6 +148,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     caller = authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
+    ident = caller.identity
+    creds = None
+    if ident is not None and ident.backend_access_key is not None and ident.backend_secret_key is not None:
+        creds = BackendCredentials(ident.backend_access_key.get_secret_value(), ident.backend_secret_key.get_secret_value())
+    token = REQUEST_CREDENTIALS.set(creds)
+    try:
+        return await _dispatch_op(ctx)
+    finally:
+        REQUEST_CREDENTIALS.reset(token)
+
+
+async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
+    from s3proxy.http import listing, multipart, objects
+
+    r, request = ctx.route, ctx.request
     if r.bucket is not None and r.key is not None:
         reject_reserved_metadata(request.headers)
     if not ctx.encrypted:
