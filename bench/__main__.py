@@ -67,7 +67,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     budget = W.Budget(t_start + (args.budget or (3600 if full else 330)))
     cap_big = max(30.0, big / (20e6))  # at least 20 MB/s or it is an error
     meta: dict[str, Any] = {"mode": "full" if full else "quick", "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                            "big_size": big, "repeats": repeats, "workers_N": workers, "command": " ".join(sys.argv),
+                            "big_size": big, "repeats": repeats, "workers_N": workers, "command": "python -m bench " + " ".join(sys.argv[1:]),
                             "machine": machine()}
     print(f"bench: {meta['mode']} mode, {big >> 20} MiB objects, {workers} workers for -Nw; machine {meta['machine']}",
           file=sys.stderr)

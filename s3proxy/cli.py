@@ -84,8 +84,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     state = _dev_state(data_dir)
     from s3proxy.devstore import start_devstore
     from s3proxy.observability import configure_logging
-    from s3proxy.server import run_until_stopped
+    from s3proxy.server import run_until_stopped, tune_malloc
 
+    tune_malloc()
     configure_logging(args.log_level, "console")
 
     tls: dict[str, Any] = {}
