@@ -30,7 +30,7 @@ from typing import Any
 from bench import workloads as W
 from bench.loadgen import Pattern, S3Client
 from bench import profiling
-from bench.origins import MALLOC_TUNED, Lab, System
+from bench.origins import UNTUNED, Lab, System
 from bench.report import chart, markdown
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -89,16 +89,16 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - a third origin is optional
             print(f"bench: devstore origin not available: {e}", file=sys.stderr)
     if args.profile_only:
-        p1, mt = lab.start_proxy(null, 1, False), lab.start_proxy(null, 1, False, MALLOC_TUNED, "-mt")
-        for s in (p1, mt):
+        p1, untuned = lab.start_proxy(null, 1, False), lab.start_proxy(null, 1, False, UNTUNED, "-untuned")
+        for s in (p1, untuned):
             s.bucket = f"bench-prof-{s.name}"
             await _bucket(s)
-        prof = await profiling.profile(p1, pattern, big, args.out, variants=[mt])
+        prof = await profiling.profile(p1, pattern, big, args.out, variants=[untuned])
         meta["wall_s"] = time.monotonic() - t_start
         return {"meta": meta, "ceiling": ceiling, "rows": [], "profile": prof}
     sys_null = [null, lab.start_proxy(null, 1, False), lab.start_proxy(null, workers, False),
                 lab.start_proxy(null, 1, True), lab.start_proxy(null, workers, True)]
-    mt = None if args.no_mt else lab.start_proxy(null, 1, False, MALLOC_TUNED, "-mt")
+    untuned = None if args.no_untuned else lab.start_proxy(null, 1, False, UNTUNED, "-untuned")
     sys_rclone: list[System] = []
     peer = None
     if rclone:
@@ -108,7 +108,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
             sys_rclone.append(peer)
     sys_dev = [devstore, lab.start_proxy(devstore, 1, False)] if devstore else []
     everything = sys_null + sys_rclone + sys_dev
-    large = sys_null[:2] + ([mt] if mt else []) + sys_null[2:] + sys_rclone + sys_dev
+    large = sys_null[:2] + ([untuned] if untuned else []) + sys_null[2:] + sys_rclone + sys_dev
     for s in large:
         s.bucket = f"bench-{s.name}".lower()
         await _bucket(s)
@@ -124,7 +124,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     note("parallel ranged GET ...")
     rows += await W.ranged(large, pattern, big, repeats, cap_big, budget)
     if not args.no_boto3:
-        boto_systems = [s for s in large if s.workers <= 1 and not s.name.endswith("-mt")]
+        boto_systems = [s for s in large if s.workers <= 1 and not s.name.endswith("-untuned")]
         note(f"boto3 single PUT/GET, {len(boto_systems)} systems ...")
         rows += await W.boto3_big(boto_systems, pattern, big, 1 if not full else 2, cap_big * 2, budget)
     await W.delete_keys(large, ["big", "nostore/big", "big-boto3", "nostore/big-boto3"])
@@ -153,9 +153,11 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     if full and not args.no_rss5:
         for s in (p1, sys_null[2]):
             for gib in (1, 5):
-                size = gib << 30
-                row = (await W.big_put_get([s], pattern, size, 1, max(120.0, size / 20e6), W.Budget(time.monotonic() + 1e9),
-                                           key="rss"))
+                size, cap, no_budget = gib << 30, max(120.0, (gib << 30) / 20e6), W.Budget(time.monotonic() + 1e9)
+                if gib == 1:
+                    row = await W.big_put_get([s], pattern, size, 1, cap, no_budget, key="rss")
+                else:  # over s3proxy's single-PUT limit (5 GiB of ciphertext): multipart, as clients do
+                    row = await W.multipart([s], pattern, size, 1, cap, no_budget, lambda _: True, key="rss")
                 for r in row:
                     r["workload"] = f"RSS {r['workload']}"
                 rows += row
@@ -165,7 +167,7 @@ async def run(args: argparse.Namespace, lab: Lab) -> dict[str, Any]:
     prof = None
     if args.profile:
         note("profiling s3proxy-1w @ null with py-spy ...")
-        prof = await profiling.profile(p1, pattern, big, args.out, variants=[mt] if mt else [])
+        prof = await profiling.profile(p1, pattern, big, args.out, variants=[untuned] if untuned else [])
     meta["wall_s"] = time.monotonic() - t_start
     meta["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["origins"] = {o.origin: o.url for o in origins}
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-only", action="store_true", help="only the crypto ceiling and the py-spy profile")
     ap.add_argument("--no-rclone-mp-read", action="store_true",
                     help="skip GETs of multipart objects through s3proxy on the rclone origin")
-    ap.add_argument("--no-mt", action="store_true", help="skip s3proxy-1w-mt (s3proxy with glibc malloc tuned)")
+    ap.add_argument("--no-untuned", action="store_true",
+                    help="skip s3proxy-1w-untuned (S3PROXY_MALLOC_TUNE=0: glibc malloc defaults, the state before 053c017)")
     ap.add_argument("--budget", type=float, help="seconds after which remaining measurements are skipped")
     ap.add_argument("--null-max-gib", type=int, default=12, help="bodies the null origin keeps in memory")
     ap.add_argument("--out", type=Path, default=OUT)

@@ -448,8 +448,10 @@ def minor_faults(pids: list[int]) -> int:
     return total
 
 
-# glibc malloc settings that keep MiB-sized buffers on the heap and the heap from shrinking:
-# the "-mt" systems run s3proxy with them (see RESULTS.md: page faults dominate otherwise).
+# s3proxy tunes glibc malloc itself since 053c017 (``server.tune_malloc``); the "-untuned" system
+# turns that off, to keep the before/after of that change in every run.
+UNTUNED = {"S3PROXY_MALLOC_TUNE": "0"}
+# The same tuning by environment (what the "-mt" system of the first runs used, before 053c017).
 MALLOC_TUNED = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
                 "MALLOC_TOP_PAD_": str(64 << 20)}
 

@@ -163,7 +163,7 @@ def ceiling_table(c: Row, rows: list[Row]) -> str:
     enc_ceiling = c.get("cobblestone256_encrypt_mb_s")
     dec_ceiling = c.get("cobblestone256_decrypt_mb_s")
     for (op, ceil_v), name in product((("PUT single", enc_ceiling), ("GET single", dec_ceiling)),
-                                      ("s3proxy-1w", "s3proxy-1w-mt")):
+                                      ("s3proxy-1w", "s3proxy-1w-untuned")):
         r = _find(rows, workload=op, system=name, origin="null", client="aiohttp")
         if r and r.get("cpu_s_per_gib") and ceil_v:
             frac = (1073.741824 / ceil_v) / r["cpu_s_per_gib"]
@@ -202,7 +202,7 @@ def targets(rows: list[Row], ceiling: Row) -> list[tuple[str, str, str]]:
         q = _find(rows, workload=w, kind="peer", client="aiohttp")
         r = _ratio(p, q)
         out.append((label + " (rclone origin, aiohttp)", f"{r:.2f}x" if r else "-", verdict(None if r is None else r >= need)))
-    for name in ("s3proxy-1w", "s3proxy-1w-mt"):
+    for name in ("s3proxy-1w", "s3proxy-1w-untuned"):
         for w in ("PUT single", "GET single", "PUT multipart 8MiB x8", "GET multipart object"):
             r = _find(rows, workload=w, system=name, origin="null", client="aiohttp")
             v = r.get("cpu_s_per_gib") if r else None
@@ -233,13 +233,13 @@ def targets(rows: list[Row], ceiling: Row) -> list[tuple[str, str, str]]:
 
 
 COLORS = {"direct": (150, 150, 150), "s3proxy": (40, 100, 200), "s3proxy-tls": (30, 160, 150),
-          "s3proxy-mt": (120, 60, 180), "peer": (230, 130, 30)}
+          "s3proxy-untuned": (120, 60, 180), "peer": (230, 130, 30)}
 
 
 def _color_key(r: Row) -> str:
     if r["kind"] in ("peer", "direct"):
         return str(r["kind"])
-    return "s3proxy-tls" if "tls" in r["system"] else ("s3proxy-mt" if r["system"].endswith("-mt") else "s3proxy")
+    return "s3proxy-tls" if "tls" in r["system"] else ("s3proxy-untuned" if r["system"].endswith("-untuned") else "s3proxy")
 
 
 def chart(rows: list[Row], path: Path, title: str) -> None:

@@ -24,7 +24,7 @@ class KObjectDecryptor:
         self._part: KPartDecryptor | None = None
         self._remaining = 0  # ciphertext bytes of the current part after its header
 
-    def update(self, data: bytes | memoryview) -> list[bytes | bytearray]:
+    def update(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         out: list[bytes | bytearray] = []
         mv = memoryview(data)
         while mv:

@@ -8,6 +8,7 @@ both ways; nothing is read whole except part headers and small probes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -281,21 +282,55 @@ def _passthrough_query(ctx: Ctx) -> list[tuple[str, str]]:
     return [(k, v) for k, v in ctx.route.query if k != "partNumber"]
 
 
+async def _segments(
+    ctx: Ctx, bucket: str, key: str, start: int, total: int, etag: str, q: list[tuple[str, str]]
+) -> AsyncIterator[bytes | bytearray]:
+    """Ciphertext [start, total) fetched as concurrent ranged GETs, yielded in order."""
+    cfg = ctx.state.settings.backend
+    seg, window = cfg.get_segment_size, cfg.get_parallelism
+    starts = iter(range(start, total, seg))
+    pending: collections.deque[asyncio.Task[bytes]] = collections.deque()
+
+    def schedule() -> None:
+        s = next(starts, None)
+        if s is not None:
+            pending.append(asyncio.ensure_future(fetch_bytes(ctx, bucket, key, s, min(s + seg, total), etag, q)))
+
+    try:
+        for _ in range(window):
+            schedule()
+        while pending:
+            data = await pending.popleft()
+            schedule()
+            yield data
+    finally:
+        for t in pending:
+            t.cancel()
+
+
 async def _get_full(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
-    resp = await ctx.state.backend.request(
-        "GET", bucket, key, query=_passthrough_query(ctx), headers=cond_headers(ctx)
-    )
-    if resp.status != 200:
+    backend_cfg = ctx.state.settings.backend
+    parallel = backend_cfg.get_parallelism > 1
+    headers = cond_headers(ctx)
+    if parallel:
+        # The first segment comes with the metadata; the rest, if any, in parallel.
+        headers["Range"] = f"bytes=0-{backend_cfg.get_segment_size - 1}"
+    resp = await ctx.state.backend.request("GET", bucket, key, query=_passthrough_query(ctx), headers=headers)
+    if resp.status == 416 and parallel:
+        resp.release()
+        return await _foreign_or_refuse(ctx)  # an empty object: never one of ours
+    ranged = "Content-Range" in resp.headers and resp.status in (200, 206)
+    if resp.status != 200 and not ranged:
         return await backend_error(ctx, resp)
     try:
         sealed = await unseal(ctx, resp.headers, bucket, key, "GetObject")
         if sealed is None:
-            if ctx.bucket_settings.allow_unencrypted_reads:
-                return await relay(ctx, resp)
-            raise unencrypted(ctx)
+            resp.release()
+            return await _foreign_or_refuse(ctx)
         sse.check_customer_key(ctx, sealed.env)
-        ct_total = int(resp.headers.get("Content-Length", "0"))
+        first_len = int(resp.headers.get("Content-Length", "0"))
+        ct_total = int(resp.headers["Content-Range"].rsplit("/", 1)[1]) if ranged else first_len
         etag = resp.headers.get("ETag", "")
         size = await resolve_size(ctx, bucket, key, sealed.env, etag, ct_total)
         if sealed.env.layout == "S":
@@ -312,7 +347,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
         await out.prepare(ctx.request)
         sent = 0
         try:
-            async for chunk in resp.content.iter_chunked(READ_SIZE):
+            async for chunk in _chain(resp.content.iter_chunked(READ_SIZE), ctx, bucket, key, first_len, ct_total, etag):
                 pieces = dec.update(chunk)
                 for piece in pieces if isinstance(pieces, list) else (pieces,):
                     if piece:
@@ -339,6 +374,16 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
         return out
     finally:
         resp.release()
+
+
+async def _chain(
+    first: AsyncIterator[bytes], ctx: Ctx, bucket: str, key: str, first_len: int, total: int, etag: str
+) -> AsyncIterator[bytes | bytearray]:
+    async for chunk in first:
+        yield chunk
+    if first_len < total:
+        async for seg in _segments(ctx, bucket, key, first_len, total, etag, version_query(ctx)):
+            yield seg
 
 
 async def fetch_bytes(ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, query: list[tuple[str, str]]) -> bytes:
