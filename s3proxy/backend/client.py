@@ -78,6 +78,7 @@ class BackendClient:
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
+            read_bufsize=1 << 20,
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
             ),
