@@ -20,16 +20,15 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import profiling
 from bench import workloads as W
 from bench.loadgen import Pattern, S3Client
-from bench import profiling
 from bench.origins import UNTUNED, Lab, System
 from bench.report import chart, markdown
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -210,8 +211,10 @@ async def boto3_big(systems: list[System], pattern: Pattern, size: int, repeats:
             for op in ("PUT", "GET"):
                 if op == "GET" and best.get((s.label, "PUT"), {}).get("error"):
                     continue
-                fn = (lambda: boto3_put(cl, s.bucket, put_key(s, key), pattern, size)) if op == "PUT" else (
-                    lambda: boto3_get(cl, s.bucket, get_key, pattern, size))
+                if op == "PUT":
+                    fn = functools.partial(boto3_put, cl, s.bucket, put_key(s, key), pattern, size)
+                else:
+                    fn = functools.partial(boto3_get, cl, s.bucket, get_key, pattern, size)
                 with _Probe(s) as probe:
                     secs, err = await _timed(budget.cap(cap), asyncio.to_thread(fn))
                 row = _base(f"{op} single", s, client="boto3", size=size, seconds=round(secs, 3),
