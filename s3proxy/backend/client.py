@@ -111,7 +111,7 @@ class BackendClient:
         *,
         query: Sequence[tuple[str, str]] = (),
         headers: Mapping[str, str] | None = None,
-        body: bytes | AsyncIterable[bytes | bytearray] | None = None,
+        body: bytes | AsyncIterable[bytes | bytearray | memoryview] | None = None,
         content_length: int | None = None,
         credentials: BackendCredentials | None = None,
     ) -> aiohttp.ClientResponse:

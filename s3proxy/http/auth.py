@@ -136,22 +136,25 @@ class RequestBody:
         }
         self._trailer_checksums: dict[str, str] = {}
 
-    async def _wire(self) -> AsyncIterator[bytes | bytearray]:
+    async def _wire(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        # One network chunk at a time (readany() would join everything buffered: a copy).
+        stream = self._stream
         while True:
             try:
-                data = await self._stream.readany()
+                data, _ = await stream.readchunk()
             except Exception as e:  # client went away mid-body
                 raise S3Error("IncompleteBody", "the request body ended early", 400) from e
-            if not data:
+            if data:
+                yield data
+            elif stream.at_eof():
                 return
-            yield data
 
-    async def chunks(self) -> AsyncIterator[bytes | bytearray]:
+    async def chunks(self) -> AsyncIterator[bytes | bytearray | memoryview]:
         """Plaintext pieces; the last one only after every check passed."""
         if self._consumed:
             raise RuntimeError("body already consumed")
         self._consumed = True
-        held: bytes | None = None
+        held: bytes | memoryview | None = None
         limit = self.length
         checker = self.checker
         sha = self._sha
@@ -166,7 +169,8 @@ class RequestBody:
                     self.received += n
                     if limit is not None and self.received > limit:
                         raise S3Error("IncompleteBody", "the request body is longer than declared", 400)
-                    piece = bytes(piece)
+                    if not isinstance(piece, bytes) and not (isinstance(piece, memoryview) and isinstance(piece.obj, bytes)):
+                        piece = bytes(piece)  # a view into a buffer the decoder may reuse
                     checker.update(piece)
                     if sha is not None:
                         sha.update(piece)

@@ -247,7 +247,7 @@ async def relay(ctx: Ctx, resp: aiohttp.ClientResponse, *, headers: CIMultiDict[
             out.content_length = int(cl)
         await out.prepare(ctx.request)
         if ctx.request.method != "HEAD":
-            async for chunk in resp.content.iter_chunked(READ_BUFSIZE):
+            async for chunk in resp.content.iter_any():
                 await out.write(chunk)
         await out.write_eof()
         return out
@@ -277,8 +277,8 @@ class _Capture:
     def __init__(self) -> None:
         self.error: BaseException | None = None
 
-    def wrap(self, it: AsyncIterator[bytes | bytearray]) -> AsyncIterator[bytes | bytearray]:
-        async def gen() -> AsyncIterator[bytes | bytearray]:
+    def wrap(self, it: AsyncIterator[bytes | bytearray | memoryview]) -> AsyncIterator[bytes | bytearray | memoryview]:
+        async def gen() -> AsyncIterator[bytes | bytearray | memoryview]:
             try:
                 async for piece in it:
                     yield piece
@@ -297,7 +297,7 @@ async def send_streamed(
     *,
     query: tuple[tuple[str, str], ...] | list[tuple[str, str]],
     headers: Mapping[str, str],
-    body: AsyncIterator[bytes | bytearray],
+    body: AsyncIterator[bytes | bytearray | memoryview],
     content_length: int,
 ) -> aiohttp.ClientResponse:
     """Upload a streamed body; an error in the body aborts the request and is re-raised."""

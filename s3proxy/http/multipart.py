@@ -118,17 +118,17 @@ async def _upload_dek(ctx: Ctx, op: str) -> tuple[str, bytes, bytearray, Envelop
 
 
 async def _send_part(
-    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int, plaintext: AsyncIterator[bytes | bytearray]
+    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int, plaintext: AsyncIterator[bytes | bytearray | memoryview]
 ) -> aiohttp.ClientResponse:
     enc = KPartEncryptor(dek, object_id, pn, p)
 
-    async def ciphertext() -> AsyncIterator[bytes | bytearray]:
+    async def ciphertext() -> AsyncIterator[bytes | bytearray | memoryview]:
         yield enc.header()
         async for piece in plaintext:
             out = enc.update(piece)
             if out:
-                yield out
-        yield enc.finalize()
+                yield memoryview(out)  # aiohttp slices what it sends; slicing a bytearray copies
+        yield memoryview(enc.finalize())
 
     query = [("partNumber", str(pn)), ("uploadId", backend_id)]
     return await send_streamed(

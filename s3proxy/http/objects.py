@@ -201,12 +201,12 @@ async def put_object(ctx: Ctx) -> web.StreamResponse:
     env = make_envelope(dek, "S", oid, wrapped, context, bucket, key)
     enc = SEncryptor(dek, oid)
 
-    async def ciphertext() -> AsyncIterator[bytes | bytearray]:
+    async def ciphertext() -> AsyncIterator[bytes | bytearray | memoryview]:
         async for piece in body.chunks():
             out = enc.update(piece)
             if out:
-                yield out
-        yield enc.finalize()
+                yield memoryview(out)  # aiohttp slices what it sends; slicing a bytearray copies
+        yield memoryview(enc.finalize())
 
     resp = await send_streamed(
         ctx, "PUT", bucket, key, query=[], headers=write_headers(ctx, env),
@@ -284,7 +284,7 @@ def _passthrough_query(ctx: Ctx) -> list[tuple[str, str]]:
 
 async def _segments(
     ctx: Ctx, bucket: str, key: str, start: int, total: int, etag: str, q: list[tuple[str, str]]
-) -> AsyncIterator[bytes | bytearray]:
+) -> AsyncIterator[bytes | bytearray | memoryview]:
     """Ciphertext [start, total) fetched as concurrent ranged GETs, yielded in order."""
     cfg = ctx.state.settings.backend
     seg, window = cfg.get_segment_size, cfg.get_parallelism
@@ -347,7 +347,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
         await out.prepare(ctx.request)
         sent = 0
         try:
-            async for chunk in _chain(resp.content.iter_chunked(READ_SIZE), ctx, bucket, key, first_len, ct_total, etag):
+            async for chunk in _chain(resp.content.iter_any(), ctx, bucket, key, first_len, ct_total, etag):
                 pieces = dec.update(chunk)
                 for piece in pieces if isinstance(pieces, list) else (pieces,):
                     if piece:
@@ -378,7 +378,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
 
 async def _chain(
     first: AsyncIterator[bytes], ctx: Ctx, bucket: str, key: str, first_len: int, total: int, etag: str
-) -> AsyncIterator[bytes | bytearray]:
+) -> AsyncIterator[bytes | bytearray | memoryview]:
     async for chunk in first:
         yield chunk
     if first_len < total:
@@ -531,7 +531,7 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     pieces = _decrypt_range(ctx, sealed, table, total, start, end, etag, head, q)
     out = web.StreamResponse(status=206, headers=hdrs)
     out.content_length = length
-    first: bytes | bytearray = b""
+    first: bytes | bytearray | memoryview = b""
     try:
         # Produce the first authenticated piece before committing to a 206.
         async for first in pieces:  # noqa: B007 - take one piece, keep the generator
@@ -573,7 +573,7 @@ async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
 
 async def _stream_ciphertext(
     ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, q: list[tuple[str, str]], head: bytes
-) -> AsyncIterator[bytes | bytearray]:
+) -> AsyncIterator[bytes | bytearray | memoryview]:
     if end <= len(head):
         yield head[start:end]
         return
@@ -583,7 +583,7 @@ async def _stream_ciphertext(
     try:
         if not _is_range_response(resp, start, end):
             raise integrity_error() if resp.status != 412 else S3Error("PreconditionFailed", "The object changed while it was being read.", 412)
-        async for chunk in resp.content.iter_chunked(READ_SIZE):
+        async for chunk in resp.content.iter_any():
             yield chunk
     finally:
         resp.release()
@@ -592,7 +592,7 @@ async def _stream_ciphertext(
 async def _decrypt_range(
     ctx: Ctx, sealed: Sealed, table: list[tuple[int, int]], total: int, start: int, end: int, etag: str,
     head: bytes, q: list[tuple[str, str]], bucket: str | None = None, key: str | None = None,
-) -> AsyncIterator[bytes | bytearray]:
+) -> AsyncIterator[bytes | bytearray | memoryview]:
     """Authenticated plaintext [start, end), fetching only the chunks needed."""
     env, dek = sealed.env, sealed.dek
     bucket, key = bucket or ctx.bucket, key or ctx.key
