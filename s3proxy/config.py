@@ -44,7 +44,7 @@ class BackendSettings(_Model):
     # Large GETs fetch ciphertext segments from the backend concurrently
     # (like a download accelerator), decrypting them in order.  1 = one stream.
     get_parallelism: int = Field(4, ge=1, le=32)
-    get_segment_size: int = Field(8 * 1024 * 1024, ge=1024 * 1024)
+    get_segment_size: int = Field(4 * 1024 * 1024, ge=1024 * 1024)
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(300.0, gt=0)
 

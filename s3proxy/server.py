@@ -157,8 +157,8 @@ def tune_malloc() -> None:
         libc = ctypes.CDLL("libc.so.6")
         m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
         libc.mallopt(m_mmap_threshold, 32 << 20)
-        libc.mallopt(m_trim_threshold, 256 << 20)
-        libc.mallopt(m_top_pad, 16 << 20)
+        libc.mallopt(m_trim_threshold, 32 << 20)
+        libc.mallopt(m_top_pad, 4 << 20)
     except (OSError, AttributeError):  # not glibc
         pass
 

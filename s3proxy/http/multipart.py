@@ -45,12 +45,9 @@ from s3proxy.http.objects import (
     META,
     Sealed,
     _decrypt_range,
-    check_source_access,
-    cond_headers,
     copy_result_xml,
-    parse_copy_source,
+    open_copy_source,
     part_table,
-    read_envelope,
     resolve_size,
     unseal,
     write_headers,
@@ -188,28 +185,8 @@ def _copy_range(value: str | None, size: int) -> tuple[int, int]:
 async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
     """Decrypt the source range and re-encrypt it as a part of this upload."""
     pn = _part_number(ctx)
-    src_bucket, src_key, src_version = parse_copy_source(ctx.request.headers["x-amz-copy-source"])
-    check_source_access(ctx, src_bucket, src_key)
-    if ctx.state.settings.bucket(src_bucket).mode != "encrypt":
-        raise S3Error("NotImplemented", "UploadPartCopy from a passthrough bucket is not supported", 501)
-    vq = [("versionId", src_version)] if src_version else []
-    cond = cond_headers(ctx, "x-amz-copy-source-")
-    head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq, headers=cond)
-    head.release()
-    if head.status != 200:
-        code = {404: "NoSuchKey", 412: "PreconditionFailed", 304: "PreconditionFailed"}.get(head.status, "AccessDenied")
-        raise S3Error(code, "cannot read the copy source", 412 if head.status == 304 else head.status)
-    env = read_envelope(head.headers)
-    if env is None:
-        raise S3Error("InvalidObjectState", "The copy source was not written through s3proxy.", 403)
-    sse.check_copy_source_key(ctx, env)
-    src_dek = await sse.unwrap(ctx, env, src_bucket, src_key, "UploadPartCopy", copy_source=True)
-    from s3proxy.crypto.envelope import verify_binding
-
-    try:
-        verify_binding(env, src_dek, src_bucket, src_key)
-    except FormatError:
-        raise S3Error("AccessDenied", "The source object's encryption metadata is not bound to its name.", 403) from None
+    src = await open_copy_source(ctx, "UploadPartCopy")
+    src_bucket, src_key, vq, head, env, src_dek = src.bucket, src.key, src.vq, src.head, src.env, src.dek
     etag = head.headers.get("ETag", "")
     total = int(head.headers.get("Content-Length", "0"))
     size = await resolve_size(ctx, src_bucket, src_key, env, etag, total)

@@ -686,15 +686,26 @@ def check_source_access(ctx: Ctx, bucket: str, key: str) -> None:
         raise S3Error("AccessDenied", "Access Denied", 403)
 
 
-async def copy_object(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http import multipart
+@dataclass
+class CopySource:
+    bucket: str
+    key: str
+    version: str | None
+    vq: list[tuple[str, str]]
+    head: aiohttp.ClientResponse  # released; headers only
+    env: Envelope
+    dek: bytearray
 
-    src_bucket, src_key, src_version = parse_copy_source(ctx.request.headers["x-amz-copy-source"])
-    check_source_access(ctx, src_bucket, src_key)
-    if ctx.state.settings.bucket(src_bucket).mode != "encrypt":
+
+async def open_copy_source(ctx: Ctx, op: str) -> CopySource:
+    """HEAD the ``x-amz-copy-source`` (its conditions applied), check access, unwrap its key
+    and its placement binding."""
+    bucket, key, version = parse_copy_source(ctx.request.headers["x-amz-copy-source"])
+    check_source_access(ctx, bucket, key)
+    if ctx.state.settings.bucket(bucket).mode != "encrypt":
         raise S3Error("NotImplemented", "copying from a passthrough bucket into an encrypted one is not supported", 501)
-    vq = [("versionId", src_version)] if src_version else []
-    head = await ctx.state.backend.request("HEAD", src_bucket, src_key, query=vq, headers=cond_headers(ctx, "x-amz-copy-source-"))
+    vq = [("versionId", version)] if version else []
+    head = await ctx.state.backend.request("HEAD", bucket, key, query=vq, headers=cond_headers(ctx, "x-amz-copy-source-"))
     head.release()
     if head.status != 200:
         if head.status == 404:
@@ -704,13 +715,23 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
         raise S3Error("AccessDenied" if head.status == 403 else "InternalError", "cannot read the copy source", head.status)
     env = read_envelope(head.headers)
     if env is None:
-        raise unencrypted(ctx)
+        raise S3Error("InvalidObjectState", "The copy source was not written through s3proxy (no encryption metadata).", 403)
     sse.check_copy_source_key(ctx, env)
-    src_dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
+    dek = await sse.unwrap(ctx, env, bucket, key, op, copy_source=True)
     try:
-        verify_binding(env, src_dek, src_bucket, src_key)
+        verify_binding(env, dek, bucket, key)
     except FormatError:
         raise S3Error("AccessDenied", "The source object's encryption metadata is not bound to its name.", 403) from None
+    return CopySource(bucket, key, version, vq, head, env, dek)
+
+
+async def copy_object(ctx: Ctx) -> web.StreamResponse:
+    from s3proxy.http import multipart
+
+    src = await open_copy_source(ctx, "CopyObject")
+    src_bucket, src_key, src_version, vq, head, env, src_dek = (
+        src.bucket, src.key, src.version, src.vq, src.head, src.env, src.dek
+    )
     new_env = await sse.rewrap_for(ctx, env, src_dek, src_bucket, ctx.bucket, ctx.key)
     directive = ctx.request.headers.get("x-amz-metadata-directive", "COPY").upper()
     if directive == "REPLACE":
