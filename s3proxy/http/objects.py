@@ -345,35 +345,51 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     out.content_length = size
     try:
         await out.prepare(ctx.request)
-        sent = 0
-        try:
-            async for chunk in _chain(resp.content.iter_any(), ctx, bucket, key, first_len, ct_total, etag):
-                pieces = dec.update(chunk)
-                for piece in pieces if isinstance(pieces, list) else (pieces,):
-                    if piece:
-                        sent += len(piece)
-                        if sent > size:  # more plaintext than the (unauthenticated) length promised
-                            raise integrity_error()
-                        await out.write(piece)
-            tail = dec.finalize()
-            if tail:
-                sent += len(tail)
-                if sent > size:
-                    raise integrity_error()
-                await out.write(tail)
-        except BaseException as e:
-            # Headers are out: the only honest signal left is a broken connection.
-            abort_connection(ctx)
-            raise ConnectionResetError(f"GetObject aborted mid-body: {type(e).__name__}") from None
-        if sent != size:
-            abort_connection(ctx)
-            raise ConnectionResetError("size mismatch")
-        ctx.state.metrics.decrypted.inc(size)
-        ctx.state.metrics.bytes_out.inc(size)
-        await out.write_eof()
-        return out
+        ciphertext = _chain(resp.content.iter_any(), ctx, bucket, key, first_len, ct_total, etag)
+        return await send_plaintext(ctx, out, _decrypt_stream(dec, ciphertext), size)
     finally:
         resp.release()
+
+
+async def _decrypt_stream(
+    dec: SDecryptor | KObjectDecryptor, ciphertext: AsyncIterator[bytes | bytearray | memoryview]
+) -> AsyncIterator[bytes | bytearray | memoryview]:
+    async for chunk in ciphertext:
+        pieces = dec.update(chunk)
+        for piece in pieces if isinstance(pieces, list) else (pieces,):
+            if piece:
+                yield piece
+    tail = dec.finalize()
+    if tail:
+        yield tail
+
+
+async def send_plaintext(
+    ctx: Ctx, out: web.StreamResponse, pieces: AsyncIterator[bytes | bytearray | memoryview], length: int,
+    first: bytes | bytearray | memoryview = b"",
+) -> web.StreamResponse:
+    """Write authenticated plaintext to a prepared response: exactly ``length`` bytes or an aborted connection."""
+    sent = 0
+    try:
+        if first:
+            sent += len(first)
+            await out.write(first)
+        async for piece in pieces:
+            sent += len(piece)
+            if sent > length:  # more plaintext than the (unauthenticated) length promised
+                raise integrity_error()
+            await out.write(piece)
+    except BaseException as e:
+        # Headers are out: the only honest signal left is a broken connection.
+        abort_connection(ctx)
+        raise ConnectionResetError(f"GetObject aborted mid-body: {type(e).__name__}") from None
+    if sent != length:
+        abort_connection(ctx)
+        raise ConnectionResetError("GetObject size mismatch")
+    ctx.state.metrics.decrypted.inc(length)
+    ctx.state.metrics.bytes_out.inc(length)
+    await out.write_eof()
+    return out
 
 
 async def _chain(
@@ -540,26 +556,7 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
         ctx.state.metrics.integrity_failures.inc()
         raise integrity_error() from None
     await out.prepare(ctx.request)
-    sent = 0
-    try:
-        if first:
-            sent += len(first)
-            await out.write(first)
-        async for piece in pieces:
-            sent += len(piece)
-            if sent > length:
-                raise integrity_error()
-            await out.write(piece)
-    except BaseException as e:
-        abort_connection(ctx)
-        raise ConnectionResetError(f"ranged GetObject aborted mid-body: {type(e).__name__}") from None
-    if sent != length:
-        abort_connection(ctx)
-        raise ConnectionResetError("size mismatch")
-    ctx.state.metrics.decrypted.inc(length)
-    ctx.state.metrics.bytes_out.inc(length)
-    await out.write_eof()
-    return out
+    return await send_plaintext(ctx, out, pieces, length, first)
 
 
 async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
