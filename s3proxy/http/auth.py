@@ -22,10 +22,10 @@ from aiohttp import StreamReader, web
 
 from s3proxy.config import Identity, Settings
 from s3proxy.http import sigv2
-from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
-from s3proxy.http.checksums import Checker, ChecksumError
+from s3proxy.http.awschunked import ChunkedDecoder, ChunkSigning
+from s3proxy.http.checksums import Checker
 from s3proxy.http.errors import S3Error
-from s3proxy.http.sigv4 import AuthResult, RequestView, SigV4Error, verify_request
+from s3proxy.http.sigv4 import AuthResult, RequestView, verify_request
 
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
@@ -61,20 +61,15 @@ def authenticate(request: web.Request, settings: Settings, now: datetime | None 
         host = request.host.rsplit(":", 1)[0].lower()
         if bd and host.endswith("." + bd.lower()):
             prefix = "/" + host[: -len(bd) - 1]
-        try:
-            v2 = sigv2.verify_v2(
-                request.method, raw_path, raw_query, list(request.headers.items()), lookup,
-                now or datetime.now(UTC), max_skew_seconds=settings.clock_skew_seconds, resource_prefix=prefix,
-            )
-        except SigV4Error as e:
-            raise S3Error(e.code, e.message, e.status) from None
-        return Caller(by_key[v2.access_key], None)
-    try:
-        result = verify_request(
-            view, lookup, now or datetime.now(UTC), max_skew=timedelta(seconds=settings.clock_skew_seconds)
+        # SigV4Error, AwsChunkedError and ChecksumError are S3Errors: they reach the client as they are.
+        v2 = sigv2.verify_v2(
+            request.method, raw_path, raw_query, list(request.headers.items()), lookup,
+            now or datetime.now(UTC), max_skew_seconds=settings.clock_skew_seconds, resource_prefix=prefix,
         )
-    except SigV4Error as e:
-        raise S3Error(e.code, e.message, e.status) from None
+        return Caller(by_key[v2.access_key], None)
+    result = verify_request(
+        view, lookup, now or datetime.now(UTC), max_skew=timedelta(seconds=settings.clock_skew_seconds)
+    )
     if result is None:
         return Caller(None, None)
     return Caller(by_key[result.access_key], result)
@@ -125,10 +120,7 @@ class RequestBody:
             if len(self._payload_hash) != 64:
                 raise S3Error("InvalidArgument", "x-amz-content-sha256 must be a hex SHA-256", 400)
             self._sha = hashlib.sha256()
-        try:
-            self.checker = Checker.from_headers(h, trailer_names)
-        except ChecksumError as e:
-            raise S3Error(e.code, e.message, e.status) from None
+        self.checker = Checker.from_headers(h, trailer_names)
         self.received = 0
         self._consumed = False
         self._header_checksums = {
@@ -159,32 +151,29 @@ class RequestBody:
         checker = self.checker
         sha = self._sha
         decoder = self._decoder
-        try:
-            async for data in self._wire():
-                pieces = decoder.feed(data) if decoder is not None else (data,)
-                for piece in pieces:
-                    n = len(piece)
-                    if not n:
-                        continue
-                    self.received += n
-                    if limit is not None and self.received > limit:
-                        raise S3Error("IncompleteBody", "the request body is longer than declared", 400)
-                    if not isinstance(piece, bytes) and not (isinstance(piece, memoryview) and isinstance(piece.obj, bytes)):
-                        piece = bytes(piece)  # a view into a buffer the decoder may reuse
-                    checker.update(piece)
-                    if sha is not None:
-                        sha.update(piece)
-                    if held is not None:
-                        yield held
-                    held = piece
-            if decoder is not None:
-                decoder.finish()
-                for name, value in decoder.trailers.items():
-                    if name.startswith("x-amz-checksum-"):
-                        self._trailer_checksums[name] = value
-                        checker.expect(name, value)
-        except (AwsChunkedError, ChecksumError) as e:
-            raise S3Error(e.code, e.message, e.status) from None
+        async for data in self._wire():
+            pieces = decoder.feed(data) if decoder is not None else (data,)
+            for piece in pieces:
+                n = len(piece)
+                if not n:
+                    continue
+                self.received += n
+                if limit is not None and self.received > limit:
+                    raise S3Error("IncompleteBody", "the request body is longer than declared", 400)
+                if not isinstance(piece, bytes) and not (isinstance(piece, memoryview) and isinstance(piece.obj, bytes)):
+                    piece = bytes(piece)  # a view into a buffer the decoder may reuse
+                checker.update(piece)
+                if sha is not None:
+                    sha.update(piece)
+                if held is not None:
+                    yield held
+                held = piece
+        if decoder is not None:
+            decoder.finish()
+            for name, value in decoder.trailers.items():
+                if name.startswith("x-amz-checksum-"):
+                    self._trailer_checksums[name] = value
+                    checker.expect(name, value)
         if limit is not None and self.received != limit:
             raise S3Error("IncompleteBody", "the request body is shorter than declared", 400)
         if sha is not None and not hmac.compare_digest(sha.hexdigest(), self._payload_hash.lower()):
@@ -193,15 +182,9 @@ class RequestBody:
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 400,
             )
-        self._verify_checksums()
+        self.checker.verify()
         if held is not None:
             yield held
-
-    def _verify_checksums(self) -> None:
-        try:
-            self.checker.verify()
-        except ChecksumError as e:
-            raise S3Error(e.code, e.message, e.status) from None
 
     def verified_checksums(self) -> dict[str, str]:
         """The client's x-amz-checksum-* values (header or trailer), once verified."""

@@ -53,6 +53,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from s3proxy.http.errors import S3Error
 from s3proxy.http.sigv4 import chunk_signature, trailer_signature
 
 __all__ = ["AwsChunkedError", "ChunkSigning", "ChunkedDecoder"]
@@ -76,18 +77,8 @@ class _Sha256(Protocol):
     def hexdigest(self) -> str: ...
 
 
-class AwsChunkedError(Exception):
+class AwsChunkedError(S3Error):
     """A malformed, truncated or badly signed aws-chunked body, as an S3 error."""
-
-    code: str
-    message: str
-    status: int
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 def _framing(message: str) -> AwsChunkedError:

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Final, Protocol
 
+from s3proxy.http.errors import S3Error
+
 
 def _load_awscrt() -> ModuleType | None:
     try:
@@ -52,18 +54,8 @@ _MASK32: Final = 0xFFFFFFFF
 _MASK64: Final = 0xFFFFFFFFFFFFFFFF
 
 
-class ChecksumError(Exception):
+class ChecksumError(S3Error):
     """An integrity check failed or could not be set up, as an S3 error."""
-
-    code: str
-    message: str
-    status: int
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 # --------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+from s3proxy.http.errors import S3Error
+
 __all__ = [
     "ALGORITHM",
     "EMPTY_SHA256",
@@ -123,26 +125,20 @@ _MSG_QUERY_MISSING: Final = (
 )
 
 
-class SigV4Error(Exception):
+class SigV4Error(S3Error):
     """An authentication failure, as the S3 error it maps to.
 
     ``details`` holds the additional elements S3 puts in its error XML
     (name, value) -- never anything secret.
     """
 
-    code: str
-    message: str
-    status: int
     details: tuple[tuple[str, str], ...]
 
     def __init__(
         self, code: str, message: str, status: int = 403, details: Iterable[tuple[str, str]] = ()
     ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.status = status
         self.details = tuple(details)
+        super().__init__(code, message, status, extra=dict(self.details))
 
 
 @dataclass(frozen=True)
