@@ -142,6 +142,28 @@ class KeyManager:
             )
         return backend
 
+    def _audit_object(
+        self,
+        audit: AuditInfo | None,
+        backend: str,
+        key_id: str | None,
+        cache: str,
+        started: float | None,
+        context: Mapping[str, str] | None,
+        exc: KeyServiceError | None = None,
+    ) -> None:
+        """One audit line for an object operation that used (or failed to get) a data key."""
+        self.audit.object_event(
+            audit,
+            backend=backend,
+            key_id=key_id,
+            cache=cache,
+            outcome="ok" if exc is None else type(exc).__name__,
+            error=None if exc is None else str(exc),
+            latency_ms=0.0 if started is None else self._ms(started),
+            context=context,
+        )
+
     # -- the API of the handlers ---------------------------------------------
 
     async def data_key_for_write(
@@ -177,26 +199,9 @@ class KeyManager:
 
             data_key, status = await self.cache.data_key_for_write(backend.name, kid, ctx, object_bytes, load)
         except KeyServiceError as exc:
-            self.audit.object_event(
-                audit,
-                backend=backend.name,
-                key_id=key_id,
-                cache="none",
-                outcome=type(exc).__name__,
-                error=str(exc),
-                latency_ms=self._ms(started),
-                context=context,
-            )
+            self._audit_object(audit, backend.name, key_id, "none", started, context, exc)
             raise
-        self.audit.object_event(
-            audit,
-            backend=backend.name,
-            key_id=data_key.wrapped.key_id,
-            cache=status,
-            outcome="ok",
-            latency_ms=self._ms(started),
-            context=context,
-        )
+        self._audit_object(audit, backend.name, data_key.wrapped.key_id, status, started, context)
         return data_key
 
     async def data_key_for_read(
@@ -220,26 +225,9 @@ class KeyManager:
 
             dek, status = await self.cache.data_key_for_read(wrapped, ctx, load)
         except KeyServiceError as exc:
-            self.audit.object_event(
-                audit,
-                backend=wrapped.backend,
-                key_id=wrapped.key_id,
-                cache="none",
-                outcome=type(exc).__name__,
-                error=str(exc),
-                latency_ms=self._ms(started),
-                context=ctx,
-            )
+            self._audit_object(audit, wrapped.backend, wrapped.key_id, "none", started, ctx, exc)
             raise
-        self.audit.object_event(
-            audit,
-            backend=wrapped.backend,
-            key_id=wrapped.key_id,
-            cache=status,
-            outcome="ok",
-            latency_ms=self._ms(started),
-            context=ctx,
-        )
+        self._audit_object(audit, wrapped.backend, wrapped.key_id, status, started, ctx)
         return dek
 
     async def rewrap(
@@ -334,15 +322,7 @@ class KeyManager:
         """Wrap ``dek`` under a client's SSE-C key (backend "sse-c", key id = base64 MD5 of the key)."""
         started = self._clock()
         wrapped = sse_c.sse_c_wrap(customer_key, dek, context)
-        self.audit.object_event(
-            audit,
-            backend=sse_c.BACKEND,
-            key_id=wrapped.key_id,
-            cache="none",
-            outcome="ok",
-            latency_ms=self._ms(started),
-            context=context,
-        )
+        self._audit_object(audit, sse_c.BACKEND, wrapped.key_id, "none", started, context)
         return wrapped
 
     def sse_c_data_key(
@@ -350,15 +330,7 @@ class KeyManager:
     ) -> DataKey:
         """A fresh DEK wrapped under a client's SSE-C key."""
         data_key = sse_c.sse_c_data_key(customer_key, context)
-        self.audit.object_event(
-            audit,
-            backend=sse_c.BACKEND,
-            key_id=data_key.wrapped.key_id,
-            cache="none",
-            outcome="ok",
-            latency_ms=0.0,
-            context=context,
-        )
+        self._audit_object(audit, sse_c.BACKEND, data_key.wrapped.key_id, "none", None, context)
         return data_key
 
     def sse_c_unwrap(
@@ -374,24 +346,7 @@ class KeyManager:
         try:
             dek = sse_c.sse_c_unwrap(customer_key, wrapped, context)
         except KeyServiceError as exc:
-            self.audit.object_event(
-                audit,
-                backend=sse_c.BACKEND,
-                key_id=wrapped.key_id,
-                cache="none",
-                outcome=type(exc).__name__,
-                error=str(exc),
-                latency_ms=self._ms(started),
-                context=context,
-            )
+            self._audit_object(audit, sse_c.BACKEND, wrapped.key_id, "none", started, context, exc)
             raise
-        self.audit.object_event(
-            audit,
-            backend=sse_c.BACKEND,
-            key_id=wrapped.key_id,
-            cache="none",
-            outcome="ok",
-            latency_ms=self._ms(started),
-            context=context,
-        )
+        self._audit_object(audit, sse_c.BACKEND, wrapped.key_id, "none", started, context)
         return dek
