@@ -27,8 +27,6 @@ import base64
 import contextlib
 import io
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,11 +35,12 @@ from typing import Any
 
 import pytest
 
+from tests.softhsm import SOFTHSM_MODULE, fresh_token, softhsm_missing
+
 K1 = base64.b64encode(bytes(range(32))).decode()  # == tests/conftest.MASTER_KEY
 K2 = base64.b64encode(bytes(range(100, 132))).decode()
 K3 = base64.b64encode(bytes(range(200, 232))).decode()
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 TOKEN_LABEL = "s3proxy-it"
 TOKEN_PIN = "s3proxy-it-user-pin-1234"
 TOKEN_SO_PIN = "s3proxy-it-so-pin-5678"
@@ -282,41 +281,16 @@ class Token:
         return {"module": self.module, "token_label": self.label, "pin": self.pin, "key_label": key_label, **over}
 
 
-def softhsm_missing() -> str | None:
-    if shutil.which("softhsm2-util") is None:
-        return "softhsm2-util not installed (apt-get install softhsm2)"
-    if not os.path.exists(SOFTHSM_MODULE):
-        return f"SoftHSM2 module {SOFTHSM_MODULE} not installed (apt-get install softhsm2)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
     """A fresh SoftHSM2 token with non-extractable AES keys kek-1, kek-2, kek-3."""
     reason = softhsm_missing()
     if reason is not None:
         pytest.skip(reason)
-    import pkcs11
     from pkcs11 import Attribute, KeyType
 
     root = tmp_path_factory.mktemp("softhsm-it")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        "slots.removable = false\n"
-    )
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", TOKEN_LABEL,
-             "--pin", TOKEN_PIN, "--so-pin", TOKEN_SO_PIN],
-            check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-        )
-        lib = pkcs11.lib(SOFTHSM_MODULE)
-        lib.reinitialize()  # the module may have been loaded (and initialised) by another test already
-        token = lib.get_token(token_label=TOKEN_LABEL)
+    with fresh_token(root, TOKEN_LABEL, TOKEN_PIN, TOKEN_SO_PIN) as (token, conf):
         with token.open(rw=True, user_pin=TOKEN_PIN) as session:
             for label in ("kek-1", "kek-2", "kek-3"):
                 session.generate_key(
@@ -324,11 +298,6 @@ def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Token]:
                     template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
                 )
         yield Token(SOFTHSM_MODULE, TOKEN_LABEL, TOKEN_PIN, conf)
-    finally:
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
 
 
 # --------------------------------------------------------------------- fault-injecting KMS

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+from tests.softhsm import SOFTHSM_MODULE, fresh_token, softhsm_missing
+
 TOKEN_LABEL = "s3proxy-test"
 TOKEN_PIN = "s3proxy-user-pin-4711"
 TOKEN_SO_PIN = "s3proxy-so-pin-0815"
@@ -116,48 +114,19 @@ class SoftHsm:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def _softhsm_missing() -> str | None:
-    if shutil.which("softhsm2-util") is None:
-        return "softhsm2-util not installed (apt-get install softhsm2)"
-    if not os.path.exists(SOFTHSM_MODULE):
-        return f"SoftHSM2 module {SOFTHSM_MODULE} not installed (apt-get install softhsm2)"
-    return None
-
-
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """A fresh token in a temp dir with AES and RSA keys; created before the module is first loaded."""
-    reason = _softhsm_missing()
+    reason = softhsm_missing()
     if reason is not None:
         pytest.skip(reason)
-    import pkcs11
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
     from pkcs11 import Attribute, KeyType, ObjectClass
     from pkcs11.util.rsa import decode_rsa_private_key, decode_rsa_public_key
 
     root = tmp_path_factory.mktemp("softhsm")
-    (root / "tokens").mkdir()
-    conf = root / "softhsm2.conf"
-    conf.write_text(
-        f"directories.tokendir = {root / 'tokens'}\nobjectstore.backend = file\nlog.level = ERROR\n"
-        "slots.removable = false\n"
-    )
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        subprocess.run(
-            [
-                "softhsm2-util", "--init-token", "--free", "--label", TOKEN_LABEL,
-                "--pin", TOKEN_PIN, "--so-pin", TOKEN_SO_PIN,
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-        )
-        lib = pkcs11.lib(SOFTHSM_MODULE)
-        lib.reinitialize()  # pick up the new token if the module was loaded before
-        token = lib.get_token(token_label=TOKEN_LABEL)
+    with fresh_token(root, TOKEN_LABEL, TOKEN_PIN, TOKEN_SO_PIN) as (token, conf):
         secret = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False}
         soft = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         pub_only = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -196,8 +165,3 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ),
         )
-    finally:
-        if previous is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = previous
