@@ -1,35 +1,55 @@
 # Two commands on a fresh machine:
 #   make dev    runs s3proxy on an embedded on-disk S3 store with a local key
 #   make test   runs the test suite (installs what it needs first)
+# and: make shell   a shell with .venv/bin (s3proxy, aws) on PATH
+#      make dev ARGS="--listen 127.0.0.1:9080 --tls"   (or S3PROXY_LISTEN=... make dev)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+ARGS ?=
 
-.PHONY: dev test install system-deps lint bench bench-full clean
+.PHONY: dev test install install-test shell system-deps lint bench bench-full clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test]'
+# `make dev` needs the runtime and the AWS CLI its printed example lines use;
+# `make test` the test extras too.  Separate stamps: `make test` after
+# `make dev` still installs the test extras.
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e . 'awscli>=1.33'
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-runtime
+
+install-test: $(VENV)/.installed-test
 
 system-deps:
 	@scripts/system-deps.sh
 
 dev: install
-	$(BIN)/s3proxy dev
+	$(BIN)/s3proxy dev $(ARGS)
 
-test: install system-deps
+shell: install
+	@echo "$(VENV)/bin is on PATH in this shell (s3proxy, aws); 'exit' leaves it"
+	@VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH" $${SHELL:-/bin/sh}
+
+test: install-test system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-bench: install
+# Property-based fuzzing of the parsers and format readers, 100x the examples `make test` runs.
+fuzz: install-test
+	S3PROXY_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz tests/unit/test_xmlsafe.py
+
+bench: install-test
 	$(BIN)/python -m bench --quick
 
-bench-full: install
+bench-full: install-test
 	$(BIN)/python -m bench --full
 
 clean:

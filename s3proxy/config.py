@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -47,12 +48,22 @@ class BackendSettings(_Model):
     get_segment_size: int = Field(4 * 1024 * 1024, ge=1024 * 1024)
     connect_timeout: float = Field(10.0, gt=0)
     read_timeout: float = Field(300.0, gt=0)
+    # Longest a request waits for a free connection when all ``max_connections``
+    # are busy; then it is answered 503 SlowDown (the client retries).
+    pool_timeout: float = Field(10.0, gt=0)
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         if not v.startswith(("http://", "https://")):
             raise ValueError("backend url must start with http:// or https://")
+        parts = urlsplit(v)
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError("backend url has an invalid port") from None
+        if not parts.hostname or any(c.isspace() for c in v) or parts.query or parts.fragment:
+            raise ValueError("backend url must look like http(s)://host[:port][/path]")
         return v.rstrip("/")
 
 
@@ -104,6 +115,23 @@ class LimitSettings(_Model):
     # PUT / UploadPart / CopyObject limits (see docs/FORMAT.md for the overheads).
     max_object_size: int = Field(5_363_471_288, ge=1)
     max_part_size: int = Field(5 * 1024**3 - 16_454, ge=1)
+    # Resource limits, per worker process.  Over a request limit the client gets
+    # 503 SlowDown with Retry-After (S3 clients back off and retry).
+    max_connections: int = Field(4096, ge=1)  # open client connections; more are refused with 503
+    max_requests: int = Field(1024, ge=1)  # requests in flight, all clients together
+    # Requests in flight per access key (anonymous requests share one budget).
+    # Keep it below backend.max_connections so one client cannot hold every
+    # backend connection.
+    max_requests_per_identity: int = Field(128, ge=1)
+    # Seconds the proxy may wait for the next byte of a request body; then the
+    # request ends with 400 RequestTimeout and nothing is stored.  Time spent
+    # while the proxy itself is not reading (backend backpressure) does not count.
+    body_idle_timeout: float = Field(60.0, gt=0)
+    # Seconds from the first byte of a request to the end of its headers (slowloris).
+    header_timeout: float = Field(30.0, gt=0)
+    # Seconds an idle keep-alive connection (or one that never sends a request) stays open.
+    keepalive_timeout: float = Field(75.0, gt=0)
+    retry_after: int = Field(1, ge=0)  # Retry-After seconds on 503 SlowDown
 
 
 class Settings(_Model):
@@ -153,6 +181,14 @@ _ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "S3PROXY_BACKEND_SECRET_KEY": ("backend", "secret_key"),
     "S3PROXY_BACKEND_REGION": ("backend", "region"),
     "S3PROXY_BACKEND_CA_BUNDLE": ("backend", "ca_bundle"),
+    "S3PROXY_BACKEND_MAX_CONNECTIONS": ("backend", "max_connections"),
+    "S3PROXY_BACKEND_POOL_TIMEOUT": ("backend", "pool_timeout"),
+    "S3PROXY_MAX_CONNECTIONS": ("limits", "max_connections"),
+    "S3PROXY_MAX_REQUESTS": ("limits", "max_requests"),
+    "S3PROXY_MAX_REQUESTS_PER_IDENTITY": ("limits", "max_requests_per_identity"),
+    "S3PROXY_BODY_IDLE_TIMEOUT": ("limits", "body_idle_timeout"),
+    "S3PROXY_HEADER_TIMEOUT": ("limits", "header_timeout"),
+    "S3PROXY_KEEPALIVE_TIMEOUT": ("limits", "keepalive_timeout"),
     "S3PROXY_TLS_CERT": ("tls", "cert"),
     "S3PROXY_TLS_KEY": ("tls", "key"),
     "S3PROXY_TLS_CLIENT_CA": ("tls", "client_ca"),
@@ -199,6 +235,24 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     return d
 
 
+def _without_file_master_keys(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """``S3PROXY_MASTER_KEY`` replaces the file's ``keys.local.master_keys`` (and its default id).
+
+    Like every environment shortcut it wins over the file, here as a whole: the
+    key it brings (id ``S3PROXY_MASTER_KEY_ID``, else ``default``) is the
+    keyring, not an addition to keys (or placeholders) listed in the file.
+    Older keys that must stay readable go in ``keys.local.master_key_file``.
+    """
+    keys = data.get("keys")
+    if not environ.get("S3PROXY_MASTER_KEY") or not isinstance(keys, dict):
+        return data
+    local = keys.get("local")
+    if not isinstance(local, dict):
+        return data
+    local = {k: v for k, v in local.items() if k not in ("master_keys", "default_key_id")}
+    return {**data, "keys": {**keys, "local": local}}
+
+
 def _format_validation(err: ValidationError) -> str:
     lines = ["invalid configuration:"]
     for e in err.errors():
@@ -220,6 +274,8 @@ def load_settings(
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as e:
             raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
         if raw is None:
@@ -227,7 +283,7 @@ def load_settings(
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path} must hold a mapping at top level")
         data = raw
-    data = _merge(data, env_overrides(environ))
+    data = _merge(_without_file_master_keys(data, environ), env_overrides(environ))
     if overrides:
         data = _merge(data, overrides)
     try:

@@ -2,16 +2,26 @@
 
 Metrics live in a per-app ``CollectorRegistry`` (no module-level state), so
 several apps can run in one process (tests) without clashing.
+
+With ``--workers N`` the parent calls ``enable_multiprocess_metrics`` before
+forking: prometheus-client's multiprocess mode, where every worker writes its
+values to memory-mapped files in one directory and ``exposition`` (the admin
+``/metrics``) adds them up, whichever worker answers the scrape.  Gauges say
+how: ``livesum`` (in-flight requests, cached keys: the fleet's total over the
+live workers) or ``livemin`` (certificate expiry).  In a single process none
+of this is active and each app's registry is exposed as is.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
@@ -37,6 +47,46 @@ def get_logger(name: str = "s3proxy") -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)  # type: ignore[no-any-return]
 
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_multiprocess_dir: str | None = None
+
+
+def enable_multiprocess_metrics(directory: str) -> None:
+    """Metrics of every process forked from now on go to ``directory`` and are added up.
+
+    Call once, in the parent, before forking and before any metric exists.
+    ``directory`` must be empty (a fresh one per run): files left by an earlier
+    run would be counted again.
+    """
+    global _multiprocess_dir
+    os.environ[MULTIPROC_ENV] = directory
+    # prometheus-client chose its value class when it was imported; choose again.
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = directory
+
+
+def disable_multiprocess_metrics() -> None:
+    """Plain in-process metrics even if ``PROMETHEUS_MULTIPROC_DIR`` was set when prometheus-client was imported."""
+    global _multiprocess_dir
+    os.environ.pop(MULTIPROC_ENV, None)
+    values.ValueClass = values.MutexValue
+    _multiprocess_dir = None
+
+
+def multiprocess_dir() -> str | None:
+    """The directory of multiprocess metrics, if ``enable_multiprocess_metrics`` was called."""
+    return _multiprocess_dir
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The text of ``/metrics``: every worker's metrics added up, or ``registry``'s in one process."""
+    if _multiprocess_dir is None:
+        return generate_latest(registry)
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined, path=_multiprocess_dir)  # type: ignore[no-untyped-call]
+    return generate_latest(combined)
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -59,4 +109,22 @@ class Metrics:
         self.integrity_failures = Counter(
             "s3proxy_integrity_failures", "Ciphertext that failed authentication", registry=r
         )
-        self.in_flight = Gauge("s3proxy_in_flight_requests", "Requests being served", registry=r)
+        self.in_flight = Gauge(
+            "s3proxy_in_flight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
+        )
+        self.tls_cert_expiry: Gauge | None = None  # created when TLS is on (see set_tls_cert_expiry)
+
+    def set_tls_cert_expiry(self, not_after: float) -> None:
+        """``s3proxy_tls_cert_expiry_timestamp_seconds``: notAfter of the serving certificate.
+
+        Exported only once set, so a proxy without TLS has no such series (an
+        alert on ``... - time() < 14 * 86400`` then never fires for lack of TLS).
+        """
+        if self.tls_cert_expiry is None:
+            self.tls_cert_expiry = Gauge(
+                "s3proxy_tls_cert_expiry_timestamp_seconds",
+                "Unix time at which the serving TLS certificate expires (its notAfter)",
+                registry=self.registry,
+                multiprocess_mode="livemin",
+            )
+        self.tls_cert_expiry.set(not_after)

@@ -1,7 +1,8 @@
 """Certificates for local use: a self-signed server certificate, and a small CA.
 
 Used by ``s3proxy dev --tls`` and by the test suite.  Production deployments
-bring their own certificates (``tls.cert`` / ``tls.key``).
+bring their own certificates (``tls.cert`` / ``tls.key``); ``cert_not_after``
+reads when theirs expires (``s3proxy_tls_cert_expiry_timestamp_seconds``).
 """
 
 from __future__ import annotations
@@ -105,3 +106,13 @@ def self_signed(directory: Path, hosts: list[str] | None = None) -> CertFiles:
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     _write_key(key, files.key)
     return files
+
+
+def cert_not_after(path: str | os.PathLike[str]) -> dt.datetime:
+    """notAfter (UTC) of the first certificate in a PEM file: the leaf of a chain.
+
+    The file may hold the private key too.  Raises OSError if it cannot be
+    read, ValueError if it holds no PEM certificate.
+    """
+    certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
+    return certs[0].not_valid_after_utc

@@ -149,7 +149,7 @@ def start_proxy(settings: Any) -> Proxy:
     from aiohttp import web
 
     from s3proxy.app import build_app
-    from s3proxy.server import make_ssl_context
+    from s3proxy.server import make_runner, make_ssl_context
 
     loop = asyncio.new_event_loop()
     ssl_ctx = make_ssl_context(settings)
@@ -158,7 +158,7 @@ def start_proxy(settings: Any) -> Proxy:
 
     async def boot() -> None:
         app = build_app(settings)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, read_bufsize=1 << 20)
+        runner = make_runner(app, settings)  # the same runner `s3proxy serve` uses
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
         await site.start()

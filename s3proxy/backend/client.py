@@ -6,10 +6,16 @@ Bodies are streamed: an async iterator of bytes plus an exact
 control bodies (XML) are sent as bytes with their real SHA-256.  If the body
 iterator raises, the request is aborted before its last byte, so the backend
 never stores a partial object.
+
+When every pooled connection is busy a request waits at most
+``pool_timeout`` for one, then fails with ``BackendBusy`` (503 SlowDown).
+Backend responses are never decompressed (``auto_decompress=False``): an
+object stored with ``Content-Encoding: gzip`` is returned byte for byte.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import ssl
@@ -22,6 +28,7 @@ import aiohttp
 from yarl import URL
 
 from s3proxy.config import BackendSettings
+from s3proxy.http.errors import S3Error
 from s3proxy.http.sigv4 import sign_request
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -38,6 +45,34 @@ class BackendCredentials:
 REQUEST_CREDENTIALS: contextvars.ContextVar[BackendCredentials | None] = contextvars.ContextVar(
     "s3proxy_backend_credentials", default=None
 )
+
+
+class BackendBusy(S3Error, aiohttp.ClientConnectionError):
+    """No backend connection became free within ``pool_timeout``.
+
+    An ``S3Error`` (503 SlowDown) for the client and an ``aiohttp.ClientError``
+    for code that handles backend failures generically.
+    """
+
+    def __init__(self) -> None:
+        S3Error.__init__(self, "SlowDown", "Please reduce your request rate.", 503)
+
+
+class _PoolConnector(aiohttp.TCPConnector):
+    """A TCPConnector whose wait for a free connection slot is bounded."""
+
+    def __init__(self, *args: object, pool_timeout: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._pool_timeout = pool_timeout
+
+    # aiohttp calls this only when the pool is full.  (Private hook: should a
+    # future aiohttp drop it, the session's overall connect timeout still bounds the wait.)
+    async def _wait_for_available_connection(self, key: object, traces: object) -> None:
+        try:
+            async with asyncio.timeout(self._pool_timeout):
+                await super()._wait_for_available_connection(key, traces)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise BackendBusy() from None
 
 
 def encode_key(key: str) -> str:
@@ -70,8 +105,9 @@ class BackendClient:
                 ssl_ctx = False
             elif self.settings.ca_bundle:
                 ssl_ctx = ssl.create_default_context(cafile=str(self.settings.ca_bundle))
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, ssl=ssl_ctx, enable_cleanup_closed=True
+        connector = _PoolConnector(
+            limit=self.settings.max_connections, ssl=ssl_ctx, enable_cleanup_closed=True,
+            pool_timeout=self.settings.pool_timeout,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -80,7 +116,11 @@ class BackendClient:
             skip_auto_headers=("Content-Type", "Accept-Encoding", "User-Agent"),
             read_bufsize=1 << 20,
             timeout=aiohttp.ClientTimeout(
-                total=None, connect=self.settings.connect_timeout, sock_read=self.settings.read_timeout
+                total=None,
+                # ``connect`` covers waiting for a pool slot and opening the connection.
+                connect=self.settings.pool_timeout + self.settings.connect_timeout,
+                sock_connect=self.settings.connect_timeout,
+                sock_read=self.settings.read_timeout,
             ),
         )
 

@@ -55,6 +55,7 @@ __all__ = [
     "new_object_id",
     "rebind",
     "verify_binding",
+    "verify_upload_token",
 ]
 
 Layout = Literal["S", "K"]
@@ -71,7 +72,10 @@ METADATA_BUDGET: Final = 1536  # bytes of keys + values (without "x-amz-meta-")
 
 BINDING_LABEL: Final = b"s3proxy.dev/binding@v1"
 BINDING_SIZE: Final = 32
-TOKEN_VERSION: Final = 1
+TOKEN_VERSION: Final = 2  # 1: untagged (refused since 2026-12)
+TOKEN_LABEL: Final = b"s3proxy.dev/upload-token@v2"
+TOKEN_TAG_SIZE: Final = 32
+MAX_TOKEN_CHARS: Final = 8192
 
 _PCT_SAFE: Final = ":/@+="  # plus letters, digits and "_.-~", which quote() never escapes
 _B64U_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
@@ -164,14 +168,20 @@ class EncryptionContext(Mapping[str, str]):
 
     @classmethod
     def from_canonical_json(cls, data: bytes, error: type[Exception] = MalformedMetadata) -> EncryptionContext:
+        if not data.startswith(b"{"):
+            raise error("encryption context is not a JSON object")
         try:
             obj = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             raise error("encryption context is not JSON") from None
         if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
             raise error("encryption context is not a map of strings")
-        ctx = cls(cast(dict[str, str], obj))
-        if ctx.canonical_json() != data:
+        try:
+            ctx = cls(cast(dict[str, str], obj))
+            canonical = ctx.canonical_json()
+        except (UnicodeEncodeError, ValueError):  # lone surrogates from \ud800 escapes
+            raise error("encryption context is not valid UTF-8 text") from None
+        if canonical != data:
             raise error("encryption context is not canonical JSON")
         return ctx
 
@@ -354,11 +364,18 @@ def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
 
 
 class UploadToken(NamedTuple):
-    """What UploadPart needs to encrypt a part statelessly."""
+    """What UploadPart needs to encrypt a part statelessly, and the tag that proves s3proxy made it.
+
+    ``signed`` is the token's bytes before the tag; ``verify_upload_token``
+    checks ``tag`` over it and the upload's bucket, key and backend upload id.
+    Nothing in a decoded token may be trusted before that check.
+    """
 
     object_id: bytes
     wrapped: WrappedKey
     context: EncryptionContext
+    tag: bytes = b""
+    signed: bytes = b""
 
 
 # (length prefix, field) in token order
@@ -371,8 +388,18 @@ _TOKEN_FIELDS: Final = (
 )
 
 
-def encode_upload_token(env: Envelope) -> str:
-    """A compact base64url token (``[A-Za-z0-9_-]``) of object id, wrapped DEK and context."""
+def _token_tag(dek: Buffer, signed: bytes, bucket: str, key: str, backend_upload_id: str) -> bytes:
+    _check_dek(dek)
+    mac_key = HKDFExpand(hashes.SHA512(), 32, TOKEN_LABEL).derive(dek)
+    msg = b"".join(
+        (TOKEN_LABEL, b"\x00", _lp(bucket.encode()), _lp(key.encode()), _lp(backend_upload_id.encode()), signed)
+    )
+    return hmac.new(mac_key, msg, sha256).digest()
+
+
+def encode_upload_token(env: Envelope, dek: Buffer, bucket: str, key: str, backend_upload_id: str) -> str:
+    """A compact base64url token (``[A-Za-z0-9_-]``): object id, wrapped DEK, context and a
+    tag under a key derived from the DEK that binds them to bucket, key and backend upload id."""
     w = env.wrapped
     values = (
         w.backend.encode(),
@@ -386,33 +413,38 @@ def encode_upload_token(env: Envelope) -> str:
         if len(value) >= 1 << (8 * struct.calcsize(fmt)):
             raise ValueError(f"{what} too long for an upload token")
         parts.append(struct.pack(fmt, len(value)) + value)
-    return _b64u(b"".join(parts))
+    signed = b"".join(parts)
+    return _b64u(signed + _token_tag(dek, signed, bucket, key, backend_upload_id))
 
 
 def decode_upload_token(token: str) -> UploadToken:
-    """Inverse of ``encode_upload_token``; raises ``InvalidUploadToken``."""
+    """Parse a token (``InvalidUploadToken``, ``UnsupportedFormatVersion`` for v1 tokens,
+    which carry no tag). The result is unauthenticated until ``verify_upload_token``."""
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidUploadToken("upload token too long")
     data = _unb64u(token, "upload token", InvalidUploadToken)
     if not data:
         raise InvalidUploadToken("empty upload token")
     if data[0] != TOKEN_VERSION:
         raise UnsupportedFormatVersion(f"upload token version {data[0]}")
-    off = 1
-    object_id = data[off : off + OBJECT_ID_SIZE]
-    off += OBJECT_ID_SIZE
-    if len(object_id) != OBJECT_ID_SIZE:
+    if len(data) < 1 + OBJECT_ID_SIZE + TOKEN_TAG_SIZE:
         raise InvalidUploadToken("upload token too short")
+    signed, tag = data[:-TOKEN_TAG_SIZE], data[-TOKEN_TAG_SIZE:]
+    off = 1
+    object_id = signed[off : off + OBJECT_ID_SIZE]
+    off += OBJECT_ID_SIZE
     values: list[bytes] = []
     for fmt, what in _TOKEN_FIELDS:
         size = struct.calcsize(fmt)
-        if off + size > len(data):
+        if off + size > len(signed):
             raise InvalidUploadToken(f"upload token ends before {what}")
-        (n,) = struct.unpack_from(fmt, data, off)
+        (n,) = struct.unpack_from(fmt, signed, off)
         off += size
-        if off + n > len(data):
+        if off + n > len(signed):
             raise InvalidUploadToken(f"upload token ends inside {what}")
-        values.append(data[off : off + n])
+        values.append(signed[off : off + n])
         off += n
-    if off != len(data):
+    if off != len(signed):
         raise InvalidUploadToken("trailing bytes in upload token")
     try:
         backend, key_id, algorithm = (v.decode("utf-8") for v in values[:3])
@@ -420,4 +452,11 @@ def decode_upload_token(token: str) -> UploadToken:
         raise InvalidUploadToken("upload token text is not UTF-8") from None
     wrapped = WrappedKey(backend=backend, key_id=key_id, algorithm=algorithm, blob=values[3])
     context = EncryptionContext.from_canonical_json(values[4], InvalidUploadToken)
-    return UploadToken(object_id, wrapped, context)
+    return UploadToken(object_id, wrapped, context, tag, signed)
+
+
+def verify_upload_token(token: UploadToken, dek: Buffer, bucket: str, key: str, backend_upload_id: str) -> None:
+    """Raise ``InvalidUploadToken`` unless s3proxy made ``token`` for this upload (constant time)."""
+    expected = _token_tag(dek, token.signed, bucket, key, backend_upload_id)
+    if not token.tag or not hmac.compare_digest(expected, token.tag):
+        raise InvalidUploadToken("upload token is not valid for this bucket, key and upload")

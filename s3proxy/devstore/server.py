@@ -60,8 +60,11 @@ from s3proxy.devstore.store import (
     UploadInfo,
     copy_range,
 )
+from s3proxy.http import xmlsafe
 from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
 from s3proxy.http.checksums import Checker, ChecksumError
+from s3proxy.http.errors import S3Error as ProxyS3Error
+from s3proxy.http.numbers import parse_uint
 from s3proxy.http.sigv4 import (
     EMPTY_SHA256,
     STREAMING_PAYLOAD_TRAILER,
@@ -85,7 +88,7 @@ OWNER_ID = hashlib.sha256(b"s3proxy-devstore").hexdigest()
 OWNER_NAME = "devstore"
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-_RANGE = re.compile(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", re.IGNORECASE)
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]{0,20})[ \t]*-[ \t]*([0-9]{0,20})[ \t]*", re.IGNORECASE | re.ASCII)
 _REQUEST_ID: Any = (
     web.RequestKey("s3proxy.devstore.request_id", str) if hasattr(web, "RequestKey") else "s3proxy.devstore.request_id"
 )
@@ -235,26 +238,21 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 def _parse_xml(body: bytes) -> ET.Element:
-    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
-        raise malformed_xml()
+    """DTDs and entities refused in every encoding (s3proxy.http.xmlsafe); namespaces stripped."""
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
+        return xmlsafe.parse(body)
+    except ProxyS3Error:
         raise malformed_xml() from None
-    for el in root.iter():
-        if isinstance(el.tag, str) and "}" in el.tag:
-            el.tag = el.tag.split("}", 1)[1]
-    return root
 
 
 def _int_param(query: dict[str, str], name: str, default: int, maximum: int) -> int:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid_argument("Provided " + name + " not an integer or within integer range", name, raw) from None
+    parsed = parse_uint(raw)
+    if parsed is None:
+        raise invalid_argument("Provided " + name + " not an integer or within integer range", name, raw)
+    value = parsed
     if value < 0:
         raise invalid_argument(f"Argument {name} must be an integer between 0 and 2147483647", name, raw)
     return min(value, maximum)
@@ -684,9 +682,10 @@ class DevStoreServer:
         h = ctx.request.headers
         if ph.startswith("STREAMING-"):
             raw = h.get("x-amz-decoded-content-length", "")
-            if not raw.isdigit():
+            parsed = parse_uint(raw)
+            if parsed is None:
                 raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
-            decoded = int(raw)
+            decoded = parsed
             signing = None
             if ph != STREAMING_UNSIGNED_PAYLOAD_TRAILER:
                 signing = ChunkSigning(
@@ -1155,10 +1154,7 @@ class DevStoreServer:
     # -- multipart ----------------------------------------------------------------
 
     def _part_number(self, value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            number = 0
+        number = parse_uint(value, max_digits=6) or 0
         if not 1 <= number <= MAX_PARTS:
             raise invalid_argument(
                 f"Part number must be an integer between 1 and {MAX_PARTS}, inclusive", "partNumber", value
@@ -1203,7 +1199,7 @@ class DevStoreServer:
             start, length = 0, info.size
             range_header = request.headers.get("x-amz-copy-source-range")
             if range_header is not None:
-                m = re.fullmatch(r"bytes=(\d+)-(\d+)", range_header.strip())
+                m = re.fullmatch(r"bytes=([0-9]{1,20})-([0-9]{1,20})", range_header.strip(" \t"))
                 if m is None or int(m.group(2)) < int(m.group(1)):
                     raise invalid_argument(
                         "The x-amz-copy-source-range value must be of the form bytes=first-last where first and "
@@ -1345,9 +1341,10 @@ class DevStoreServer:
         for part in root.findall("Part"):
             number_text = (part.findtext("PartNumber") or "").strip()
             etag = part.findtext("ETag")
-            if not number_text.isdigit() or etag is None:
+            number = parse_uint(number_text, max_digits=6)
+            if number is None or etag is None:
                 raise malformed_xml()
-            requested.append((int(number_text), etag))
+            requested.append((number, etag))
         info = await asyncio.to_thread(
             self.store.complete_upload,
             ctx.bucket,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from s3proxy.http import sigv2
 from s3proxy.http.awschunked import ChunkedDecoder, ChunkSigning
 from s3proxy.http.checksums import Checker
 from s3proxy.http.errors import S3Error
+from s3proxy.http.numbers import parse_uint
 from s3proxy.http.sigv4 import AuthResult, RequestView, verify_request
 
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
@@ -32,6 +34,7 @@ STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
 STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 UNSIGNED = "UNSIGNED-PAYLOAD"
 READ_SIZE = 1 << 20
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,10 @@ def _int_header(headers: Mapping[str, str], name: str) -> int | None:
     v = headers.get(name)
     if v is None:
         return None
-    v = v.strip()
-    if not v.isdigit():
+    n = parse_uint(v.strip(" \t"))  # ASCII digits only: isdigit() accepts '²', which int() refuses
+    if n is None:
         raise S3Error("InvalidArgument", f"{name} must be a non-negative integer", 400)
-    return int(v)
+    return n
 
 
 class RequestBody:
@@ -117,7 +120,7 @@ class RequestBody:
                 self.length = 0
         self._sha = None
         if self._decoder is None and self._payload_hash != UNSIGNED:
-            if len(self._payload_hash) != 64:
+            if _HEX64.fullmatch(self._payload_hash) is None:
                 raise S3Error("InvalidArgument", "x-amz-content-sha256 must be a hex SHA-256", 400)
             self._sha = hashlib.sha256()
         self.checker = Checker.from_headers(h, trailer_names)

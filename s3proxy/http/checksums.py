@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Final, Protocol
 
 from s3proxy.http.errors import S3Error
+from s3proxy.http.sigv4 import wire_text
 
 
 def _load_awscrt() -> ModuleType | None:
@@ -56,6 +57,11 @@ _MASK64: Final = 0xFFFFFFFFFFFFFFFF
 
 class ChecksumError(S3Error):
     """An integrity check failed or could not be set up, as an S3 error."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        # Messages quote header names and x-amz-trailer entries, which may
+        # hold lone surrogates (aiohttp decodes with surrogateescape).
+        super().__init__(code, wire_text(message), status)
 
 
 # --------------------------------------------------------------------------

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from xml.sax.saxutils import escape
+import re
+from xml.sax.saxutils import escape as _escape
+
+# Characters XML 1.0 cannot carry (C0 controls but tab/LF/CR, surrogates, U+FFFE/U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def escape(text: str) -> str:
+    """XML-escaped text that is always well-formed XML 1.0: request text echoed in an error
+    (a signature, a resource) may hold anything; unrepresentable characters become U+FFFD."""
+    return _escape(_NOT_XML.sub("\ufffd", text))
 
 
 class S3Error(Exception):

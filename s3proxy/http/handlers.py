@@ -7,21 +7,23 @@ re-signed and passed through unchanged (``passthrough``).
 
 from __future__ import annotations
 
-import re
+import base64
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from xml.sax.saxutils import unescape
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from s3proxy.app import OP, REQUEST_ID, STATE, AppState
+from s3proxy.app import CALLER, OP, REQUEST_ID, STATE, AppState
 from s3proxy.backend.client import REQUEST_CREDENTIALS, BackendCredentials
-from s3proxy.config import BucketSettings, Identity
+from s3proxy.config import BucketSettings
+from s3proxy.http import xmlsafe
 from s3proxy.http.auth import Caller, RequestBody, authenticate
-from s3proxy.http.errors import S3Error, access_denied
-from s3proxy.http.router import Route, route
+from s3proxy.http.authz import authorise, check_delete_objects, list_buckets
+from s3proxy.http.errors import S3Error
+from s3proxy.http.router import Route, bad_number, route, unsupported_reason
 
 RESERVED_META = "x-amz-meta-s3proxy-"
 HOP_BY_HOP = frozenset(
@@ -36,7 +38,7 @@ DROP_REQUEST = HOP_BY_HOP | {
 }
 # Integrity headers of the plaintext: verified by us, never forwarded with ciphertext.
 PLAINTEXT_INTEGRITY = ("content-md5", "x-amz-sdk-checksum-algorithm", "x-amz-checksum-")
-SSE_HEADERS = ("x-amz-server-side-encryption",)
+SSE_HEADERS = ("x-amz-server-side-encryption", "x-amz-copy-source-server-side-encryption")
 READ_BUFSIZE = 1 << 20
 
 
@@ -77,75 +79,13 @@ class Ctx:
 
 Handler = Callable[[Ctx], Awaitable[web.StreamResponse]]
 
-ACTIONS: dict[str, str] = {
-    "GetObject": "read", "HeadObject": "read", "GetObjectAttributes": "read", "SelectObjectContent": "read",
-    "PutObject": "write", "UploadPart": "write", "UploadPartCopy": "write", "CopyObject": "write",
-    "CreateMultipartUpload": "write", "CompleteMultipartUpload": "write", "PostObject": "write",
-    "DeleteObject": "delete", "AbortMultipartUpload": "delete",
-    "ListObjects": "list", "ListObjectsV2": "list", "ListObjectVersions": "list", "ListMultipartUploads": "list",
-    "ListParts": "list", "ListBuckets": "list",
-}
-
-
-def action_for(r: Route, method: str) -> str:
-    if r.op in ACTIONS:
-        return ACTIONS[r.op]
-    if r.op == "ObjectConfig":
-        return "read" if method in ("GET", "HEAD") else "write"
-    if r.op == "BucketConfig" and method == "POST" and r.has("delete"):
-        return "delete"
-    if r.op == "BucketConfig" and method in ("GET", "HEAD"):
-        return "list" if r.has("location") or method == "HEAD" else "admin"
-    return "admin"
-
-
-def allowed(identity: Identity, action: str, bucket: str | None, key: str | None, prefix_param: str | None) -> bool:
-    for g in identity.allow:
-        if action not in g.actions:
-            continue
-        if bucket is None:
-            if g.bucket == "*":
-                return True
-            if action == "list":
-                return True  # ListBuckets: filtered view is the backend's business
-            continue
-        if g.bucket not in ("*", bucket):
-            continue
-        if not g.prefix:
-            return True
-        if key is not None and key.startswith(g.prefix):
-            return True
-        if key is None and action == "list" and (prefix_param or "").startswith(g.prefix):
-            return True
-    return False
-
-
-def authorise(ctx: Ctx) -> None:
-    r, request = ctx.route, ctx.request
-    action = action_for(r, request.method)
-    ident = ctx.caller.identity
-    if ident is None:
-        if r.bucket and action == "read" and ctx.state.settings.bucket(r.bucket).public_read:
-            return
-        raise access_denied()
-    if not allowed(ident, action, r.bucket, r.key, r.q("prefix")):
-        raise access_denied()
-    source = request.headers.get("x-amz-copy-source")
-    if source is not None:
-        from s3proxy.http.objects import parse_copy_source
-
-        sb, sk, _ = parse_copy_source(source)
-        if not allowed(ident, "read", sb, sk, None):
-            raise access_denied()
-
-
 async def dispatch(request: web.Request) -> web.StreamResponse:
 
     state = request.app[STATE]
     raw_path, _, raw_query = request.raw_path.partition("?")
     r = route(request.method, request.host, raw_path, raw_query, request.headers, state.settings.base_domain)
     request[OP] = r.op
-    caller = authenticate(request, state.settings)
+    caller = request.get(CALLER) or authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
     ident = caller.identity
@@ -165,8 +105,16 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
     r, request = ctx.route, ctx.request
     if r.bucket is not None and r.key is not None:
         reject_reserved_metadata(request.headers)
+    if r.op == "ListBuckets":
+        return await list_buckets(ctx)
+    bad = bad_number(r)
+    if bad is not None:
+        raise S3Error("InvalidArgument", f"{bad} must be a non-negative integer of ASCII digits.", 400)
     if not ctx.encrypted:
         return await passthrough(ctx)
+    reason = unsupported_reason(r, request.method)
+    if reason is not None:
+        raise S3Error("NotImplemented", f"s3proxy does not serve {reason} on encrypted buckets.", 501)
     table: dict[str, Handler] = {
         "PutObject": objects.put_object,
         "GetObject": objects.get_object,
@@ -282,7 +230,7 @@ class _Capture:
             try:
                 async for piece in it:
                     yield piece
-            except BaseException as e:
+            except Exception as e:  # not BaseException: a cancelled writer is the backend's failure (503)
                 self.error = e
                 raise
 
@@ -313,18 +261,13 @@ async def send_streamed(
         raise S3Error("ServiceUnavailable", "the storage backend failed during the upload", 503) from e
 
 
-_DELETE_KEY = re.compile(rb"<Key>(.*?)</Key>", re.S)
-
-
-def check_delete_objects(ctx: Ctx, xml: bytes) -> None:
-    """DeleteObjects names its keys in the body: each must be deletable by the caller."""
-    ident = ctx.caller.identity
-    if ident is None:
-        raise access_denied()
-    for m in _DELETE_KEY.finditer(xml):
-        key = unescape(m.group(1).decode("utf-8", "replace"))
-        if not allowed(ident, "delete", ctx.route.bucket, key, None):
-            raise access_denied()
+def _rewritten_body_headers(headers: Mapping[str, str], data: bytes) -> dict[str, str]:
+    """Headers for a body s3proxy re-wrote: the client's integrity headers described its bytes
+    (verified on the way in); the backend gets an MD5 of the bytes it receives."""
+    out = {k: v for k, v in headers.items()
+           if k not in ("content-md5", "content-type") and not k.startswith(("x-amz-checksum-", "x-amz-sdk-checksum"))}
+    out["content-md5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+    return out
 
 
 async def passthrough(ctx: Ctx) -> web.StreamResponse:
@@ -344,8 +287,16 @@ async def passthrough(ctx: Ctx) -> web.StreamResponse:
         )
     else:
         data = await body.read_all(ctx.state.settings.limits.max_xml_body) if body.length != 0 else None
-        if r.op == "BucketConfig" and request.method == "POST" and r.has("delete") and data:
-            check_delete_objects(ctx, data)
+        if r.op == "BucketConfig" and request.method == "POST" and r.has("delete"):
+            # the keys are authorised one by one from the parsed document
+            data = xmlsafe.delete_xml(check_delete_objects(ctx, data or b""))
+            headers = _rewritten_body_headers(headers, data)
+        elif data and r.op != "PostObject" and not r.has("policy"):
+            # Every other XML body (ACL, tagging, bucket configuration, CreateBucket): parsed with
+            # DTDs and entities refused in any encoding, and re-written, so the backend only ever
+            # parses XML s3proxy wrote.  (A bucket policy is JSON and goes as it is.)
+            data = xmlsafe.generic(data)
+            headers = _rewritten_body_headers(headers, data)
         try:
             resp = await backend.request(request.method, r.bucket, r.key, query=query, headers=headers, body=data or None)
         except aiohttp.ClientError as e:

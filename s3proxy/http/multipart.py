@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from xml.sax.saxutils import escape
+from xml.sax.saxutils import escape, unescape
 
 import aiohttp
 from aiohttp import web
@@ -22,13 +24,15 @@ from multidict import CIMultiDict
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
     Envelope,
+    UploadToken,
     decode_upload_token,
     encode_upload_token,
     make_envelope,
     new_object_id,
+    verify_upload_token,
 )
-from s3proxy.crypto.format import FormatError, KPartEncryptor
-from s3proxy.http import sse
+from s3proxy.crypto.format import FormatError, InvalidUploadToken, KPartEncryptor, UnsupportedFormatVersion
+from s3proxy.http import sse, xmlsafe
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.errors import S3Error
 from s3proxy.http.handlers import (
@@ -41,10 +45,12 @@ from s3proxy.http.handlers import (
     send_streamed,
 )
 from s3proxy.http.listing import _CHECKSUM_EL, rewrite_parts
+from s3proxy.http.numbers import parse_uint
 from s3proxy.http.objects import (
     META,
     Sealed,
     _decrypt_range,
+    backend_length,
     copy_result_xml,
     open_copy_source,
     part_table,
@@ -53,32 +59,130 @@ from s3proxy.http.objects import (
     write_headers,
 )
 from s3proxy.keys.base import WrappedKey
+from s3proxy.observability import get_logger
+
+log = get_logger("s3proxy.multipart")
 
 SEP = "~"
 _UPLOAD_ID = re.compile(rb"<UploadId>([^<]*)</UploadId>")
 
 
-def backend_upload_id(ctx: Ctx, client_id: str) -> str:
-    """The backend's id; also accepts a bare backend id (as ListMultipartUploads shows them),
-    which is enough for ListParts, Complete and Abort but not for UploadPart."""
-    backend_id, sep, token = client_id.rpartition(SEP)
+def _parse_upload_id(ctx: Ctx, client_id: str) -> tuple[str, UploadToken | None]:
+    """(backend id, token) from a client's UploadId; the token is still unauthenticated.
+
+    A bare backend id (as ListMultipartUploads shows them) has no token."""
+    backend_id, sep, text = client_id.rpartition(SEP)
     if not sep:
-        return client_id
-    split_upload_id(ctx, client_id)
-    return backend_id
-
-
-def split_upload_id(ctx: Ctx, client_id: str) -> tuple[str, bytes, WrappedKey, dict[str, str]]:
-    backend_id, sep, token = client_id.rpartition(SEP)
-    if not sep or not backend_id:
-        raise S3Error("NoSuchUpload", "The specified upload does not exist (not created through s3proxy).", 404)
+        if not client_id:
+            raise _no_such_upload()
+        return client_id, None
+    if not backend_id:
+        raise _no_such_upload()
     try:
-        object_id, wrapped, context = decode_upload_token(token)
+        token = decode_upload_token(text)
+    except UnsupportedFormatVersion:
+        raise _no_such_upload(
+            "The upload was started by an earlier s3proxy version whose upload ids are not authenticated; start it again."
+        ) from None
     except (FormatError, ValueError):
-        raise S3Error("NoSuchUpload", "The specified upload does not exist (malformed upload id).", 404) from None
-    if dict(context).get("bucket") != ctx.bucket:
-        raise S3Error("NoSuchUpload", "The specified upload does not exist.", 404)
-    return backend_id, object_id, wrapped, dict(context)
+        raise _no_such_upload() from None
+    if token.context.get("bucket") != ctx.bucket:
+        raise _no_such_upload()
+    return backend_id, token
+
+
+def _no_such_upload(
+    msg: str = "The specified upload does not exist. The upload ID may be invalid, or the upload may have been aborted or completed.",
+) -> S3Error:
+    return S3Error("NoSuchUpload", msg, 404)
+
+
+@dataclass
+class OpenUpload:
+    """An upload whose token verified: its DEK may encrypt parts for ``ctx.bucket``/``ctx.key``."""
+
+    backend_id: str
+    object_id: bytes
+    wrapped: WrappedKey
+    dek: bytearray
+
+
+async def _open_upload(ctx: Ctx, op: str) -> OpenUpload:
+    """Unwrap the token's DEK and verify that s3proxy issued the token for this bucket, key and
+    backend upload; anything else is NoSuchUpload, before a byte reaches the backend."""
+    backend_id, token = _parse_upload_id(ctx, ctx.route.q("uploadId") or "")
+    if token is None:
+        raise _no_such_upload("UploadPart needs the UploadId that CreateMultipartUpload returned through s3proxy.")
+    dek = await sse.unwrap_key(ctx, token.wrapped, token.context, ctx.bucket, ctx.key, op)
+    try:
+        verify_upload_token(token, dek, ctx.bucket, ctx.key, backend_id)
+    except InvalidUploadToken:
+        dek[:] = bytes(len(dek))
+        log.warning("upload_token_refused", op=op, bucket=ctx.bucket, identity=ctx.identity_name)
+        raise _no_such_upload() from None
+    return OpenUpload(backend_id, token.object_id, token.wrapped, dek)
+
+
+async def _checked_backend_id(ctx: Ctx, op: str) -> tuple[str, WrappedKey | None]:
+    """The backend id of an upload that belongs to ``ctx.bucket``/``ctx.key`` (Complete, Abort,
+    ListParts). Proven by the token's tag when s3proxy can get the DEK without the client
+    (a KMS/HSM/local key, or SSE-C with the key sent); otherwise, and for bare backend ids,
+    by the backend's own listing of uploads under this exact key. Never by trusting the
+    backend to refuse an upload id used under another key: S3 stand-ins accept that."""
+    backend_id, token = _parse_upload_id(ctx, ctx.route.q("uploadId") or "")
+    if token is not None and (token.wrapped.backend != "sse-c" or sse.C_KEY in ctx.request.headers):
+        up = await _open_upload(ctx, op)
+        up.dek[:] = bytes(len(up.dek))
+        return backend_id, token.wrapped
+    if not await _upload_listed(ctx, backend_id):
+        raise _no_such_upload()
+    return backend_id, token.wrapped if token is not None else None
+
+
+async def _upload_listed(ctx: Ctx, backend_id: str) -> bool:
+    """Whether the backend lists ``backend_id`` as an upload of exactly ``ctx.key``."""
+    markers: list[tuple[str, str]] = []
+    for _ in range(_MAX_LIST_PAGES):
+        query = [("uploads", ""), ("prefix", ctx.key), ("max-uploads", "1000"), *markers]
+        try:
+            resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
+        except aiohttp.ClientError as e:
+            raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+        data = await read_at_most(resp, 8 << 20)
+        resp.release()
+        if resp.status != 200:
+            raise S3Error("ServiceUnavailable", "the storage backend could not list multipart uploads", 503)
+        root = _backend_xml(data)
+        for up in _children(root, "Upload"):
+            if _text(up, "Key") == ctx.key and _text(up, "UploadId") == backend_id:
+                return True
+        if _text(root, "IsTruncated") != "true":
+            return False
+        nk, nu = _text(root, "NextKeyMarker"), _text(root, "NextUploadIdMarker")
+        if not nk and not nu:
+            return False
+        markers = [("key-marker", nk or ""), ("upload-id-marker", nu or "")]
+    return False
+
+
+_MAX_LIST_PAGES = 20
+
+
+def _backend_xml(data: bytes) -> ET.Element:
+    try:
+        return xmlsafe.parse(data)
+    except S3Error:
+        raise S3Error("ServiceUnavailable", "the storage backend sent an unreadable listing", 503) from None
+
+
+def _children(el: ET.Element, name: str) -> list[ET.Element]:
+    return [c for c in el if c.tag.rsplit("}", 1)[-1] == name]
+
+
+def _text(el: ET.Element, name: str) -> str | None:
+    for c in _children(el, name):
+        return c.text or ""
+    return None
 
 
 def _backend_query(ctx: Ctx, backend_id: str) -> list[tuple[str, str]]:
@@ -94,24 +198,25 @@ async def create(ctx: Ctx) -> web.StreamResponse:
         return await backend_error(ctx, resp)
     body = await read_at_most(resp, 1 << 20)
     resp.release()
-    token = encode_upload_token(env)
-    body = _UPLOAD_ID.sub(lambda m: b"<UploadId>" + m.group(1) + SEP.encode() + token.encode() + b"</UploadId>", body)
+    m = _UPLOAD_ID.search(body)
+    if m is None:
+        dek[:] = bytes(len(dek))
+        raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
+    backend_id = unescape(m.group(1).decode("utf-8", "replace"))
+    token = encode_upload_token(env, dek, bucket, key, backend_id)
+    dek[:] = bytes(len(dek))
+    client_id = escape(backend_id + SEP + token).encode()
+    body = body[: m.start()] + b"<UploadId>" + client_id + b"</UploadId>" + body[m.end() :]
     hdrs = response_headers(resp.headers, ctx.request_id, drop=["x-amz-checksum-algorithm", "x-amz-checksum-type"])
     hdrs.update(sse.response_headers(ctx, env))
     return web.Response(status=200, body=body, headers=hdrs)
 
 
 def _part_number(ctx: Ctx) -> int:
-    v = ctx.route.q("partNumber") or ""
-    if not v.isdigit() or not 1 <= int(v) <= 10000:
+    n = parse_uint(ctx.route.q("partNumber"), max_digits=5)
+    if n is None or not 1 <= n <= 10000:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
-    return int(v)
-
-
-async def _upload_dek(ctx: Ctx, op: str) -> tuple[str, bytes, bytearray, Envelope | None]:
-    backend_id, object_id, wrapped, context = split_upload_id(ctx, ctx.route.q("uploadId") or "")
-    dek = await sse.unwrap_key(ctx, wrapped, context, ctx.bucket, ctx.key, op)
-    return backend_id, object_id, dek, None
+    return n
 
 
 async def _send_part(
@@ -143,8 +248,11 @@ async def upload_part(ctx: Ctx) -> web.StreamResponse:
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
     if body.length > ctx.state.settings.limits.max_part_size:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed part size.", 400)
-    backend_id, object_id, dek, _ = await _upload_dek(ctx, "UploadPart")
-    resp = await _send_part(ctx, backend_id, pn, dek, object_id, body.length, body.chunks())
+    up = await _open_upload(ctx, "UploadPart")
+    try:
+        resp = await _send_part(ctx, up.backend_id, pn, up.dek, up.object_id, body.length, body.chunks())
+    finally:
+        up.dek[:] = bytes(len(up.dek))
     ctx.state.metrics.encrypted.inc(body.length)
     ctx.state.metrics.bytes_in.inc(body.length)
     if resp.status != 200:
@@ -153,15 +261,13 @@ async def upload_part(ctx: Ctx) -> web.StreamResponse:
     resp.release()
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith("x-amz-checksum-")])
     hdrs.update(body.verified_checksums())
-    _sse_headers_for_upload(ctx, hdrs)
+    _sse_headers_for_upload(ctx, hdrs, up.wrapped)
     return web.Response(status=200, headers=hdrs)
 
 
-def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str]) -> None:
-    client_id = ctx.route.q("uploadId") or ""
-    if SEP not in client_id:
+def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str], wrapped: WrappedKey | None) -> None:
+    if wrapped is None:
         return
-    _, _, wrapped, _ = split_upload_id(ctx, client_id)
     if wrapped.backend == "sse-c":
         hdrs[sse.C_ALG] = "AES256"
         hdrs[sse.C_MD5] = wrapped.key_id
@@ -173,10 +279,10 @@ def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str]) -> None:
 def _copy_range(value: str | None, size: int) -> tuple[int, int]:
     if value is None:
         return 0, size
-    m = re.fullmatch(r"bytes=(\d+)-(\d+)", value.strip())
-    if not m:
+    first, dash, last = value.strip().removeprefix("bytes=").partition("-")
+    a, b = parse_uint(first), parse_uint(last)
+    if not value.strip().startswith("bytes=") or not dash or a is None or b is None:
         raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
-    a, b = int(m.group(1)), int(m.group(2))
     if a > b or b >= size:
         raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
     return a, b + 1
@@ -188,49 +294,34 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
     src = await open_copy_source(ctx, "UploadPartCopy")
     src_bucket, src_key, vq, head, env, src_dek = src.bucket, src.key, src.vq, src.head, src.env, src.dek
     etag = head.headers.get("ETag", "")
-    total = int(head.headers.get("Content-Length", "0"))
+    total = backend_length(head.headers)
     size = await resolve_size(ctx, src_bucket, src_key, env, etag, total)
     start, end = _copy_range(ctx.request.headers.get("x-amz-copy-source-range"), size)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
-    backend_id, object_id, dek, _ = await _upload_dek(ctx, "UploadPartCopy")
+    up = await _open_upload(ctx, "UploadPartCopy")
     plaintext = _decrypt_range(ctx, Sealed(env, src_dek), table, total, start, end, etag, b"", vq, src_bucket, src_key)
-    resp = await _send_part(ctx, backend_id, pn, dek, object_id, end - start, plaintext)
+    try:
+        resp = await _send_part(ctx, up.backend_id, pn, up.dek, up.object_id, end - start, plaintext)
+    finally:
+        up.dek[:] = bytes(len(up.dek))
     if resp.status != 200:
         return await backend_error(ctx, resp)
     await resp.read()
     resp.release()
     hdrs = response_headers(resp.headers, ctx.request_id, drop=["etag", "content-type"])
-    _sse_headers_for_upload(ctx, hdrs)
+    _sse_headers_for_upload(ctx, hdrs, up.wrapped)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     body = copy_result_xml(resp.headers.get("ETag", ""), now, "CopyPartResult")
     return web.Response(status=200, body=body, headers=hdrs, content_type="application/xml")
 
 
-_PART_CHECKSUM = _CHECKSUM_EL
-
-
-def _check_complete_xml(xml: bytes) -> None:
-    """S3's MalformedXML for a body that isn't a CompleteMultipartUpload document."""
-    import xml.etree.ElementTree as ET
-
-    if b"<!DOCTYPE" in xml or b"<!ENTITY" in xml:
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400)
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400) from None
-    if root.tag.rsplit("}", 1)[-1] != "CompleteMultipartUpload" or not any(
-        el.tag.rsplit("}", 1)[-1] == "Part" for el in root
-    ):
-        raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not validate against our published schema.", 400)
-
-
 async def complete(ctx: Ctx) -> web.StreamResponse:
-    backend_id = backend_upload_id(ctx, ctx.route.q("uploadId") or "")
+    backend_id, wrapped = await _checked_backend_id(ctx, "CompleteMultipartUpload")
     body = RequestBody(ctx.request, ctx.caller.auth)
-    xml = await body.read_all(ctx.state.settings.limits.max_xml_body)
-    _check_complete_xml(xml)
-    xml = _PART_CHECKSUM.sub(b"", xml)
+    # Parsed with DTDs refused in every encoding, and re-written by s3proxy: the backend never
+    # sees the client's bytes, nor the plaintext checksums (they describe plaintext).
+    xml = xmlsafe.complete_xml(xmlsafe.complete_parts(await body.read_all(ctx.state.settings.limits.max_xml_body)),
+                               include_checksums=False)
     headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-mp-object-size"])
     resp = await ctx.state.backend.request(
         "POST", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id), headers=headers, body=xml,
@@ -241,19 +332,19 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
     resp.release()
     out = _CHECKSUM_EL.sub(b"", out)
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))])
-    _sse_headers_for_upload(ctx, hdrs)
+    _sse_headers_for_upload(ctx, hdrs, wrapped)
     return web.Response(status=200, body=out, headers=hdrs)
 
 
 async def abort(ctx: Ctx) -> web.StreamResponse:
-    backend_id = backend_upload_id(ctx, ctx.route.q("uploadId") or "")
+    backend_id, _ = await _checked_backend_id(ctx, "AbortMultipartUpload")
     resp = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     return await relay(ctx, resp)
 
 
 async def list_parts(ctx: Ctx) -> web.StreamResponse:
     client_id = ctx.route.q("uploadId") or ""
-    backend_id = backend_upload_id(ctx, client_id)
+    backend_id, _ = await _checked_backend_id(ctx, "ListParts")
     resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -299,7 +390,7 @@ async def copy_multipart(
 
     assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
     etag = src_headers.get("ETag", "")
-    total = int(src_headers.get("Content-Length", "0"))
+    total = backend_length(src_headers)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
     backend = ctx.state.backend
     create_headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-copy-source-if-")}

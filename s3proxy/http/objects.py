@@ -50,6 +50,7 @@ from s3proxy.http.handlers import (
     response_headers,
     send_streamed,
 )
+from s3proxy.http.numbers import parse_uint
 from s3proxy.http.ranges import parse_range
 
 READ_SIZE = 1 << 20
@@ -58,15 +59,37 @@ META = "x-amz-meta-"
 CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 # Backend response headers that describe ciphertext and never reach the client.
 CIPHERTEXT_HEADERS = ("content-range", "x-amz-mp-parts-count", "content-md5")
-_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
+_ETAG_PARTS = re.compile(r"-([0-9]{1,5})\"?$")
 
 
 def integrity_error() -> S3Error:
+    """A stored object that fails authentication. A 4xx, not a 500: retrying cannot help, and
+    clients retry 5xx answers (rclone for 21 minutes); the metric counts it for operators."""
     return S3Error(
-        "InternalError",
+        "InvalidObjectState",
         "The stored object failed authentication (tampered, truncated or misplaced ciphertext).",
-        500,
+        403,
     )
+
+
+def bad_backend(what: str) -> S3Error:
+    return S3Error("ServiceUnavailable", f"the storage backend sent an invalid {what}", 503)
+
+
+def backend_length(headers: Mapping[str, str]) -> int:
+    """Content-Length of a backend response: ASCII digits, else a 503 (never a 500)."""
+    n = parse_uint(headers.get("Content-Length", "0").strip())
+    if n is None:
+        raise bad_backend("Content-Length")
+    return n
+
+
+def backend_total(headers: Mapping[str, str]) -> int:
+    """The complete length from a backend Content-Range (``bytes a-b/total``)."""
+    n = parse_uint(headers.get("Content-Range", "").rsplit("/", 1)[-1].strip())
+    if n is None:
+        raise bad_backend("Content-Range")
+    return n
 
 
 def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
@@ -241,7 +264,12 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
             return await relay(ctx, await ctx.state.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=cond_headers(ctx)))
         raise unencrypted(ctx)
     sse.check_customer_key(ctx, env)
-    ct_total = int(resp.headers.get("Content-Length", "0"))
+    # HEAD answers only for an object whose envelope is bound to this bucket and key, as GET
+    # does: a DEK cache hit costs one HMAC, a miss one unwrap.
+    sealed = await unseal(ctx, resp.headers, bucket, key, "HeadObject")
+    if sealed is not None:
+        sealed.dek[:] = bytes(len(sealed.dek))
+    ct_total = backend_length(resp.headers)
     etag = resp.headers.get("ETag")
     size = await resolve_size(ctx, bucket, key, env, etag or "", ct_total)
     hdrs = out_headers(ctx, resp.headers, env)
@@ -266,9 +294,10 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
 
 
 def _part_number(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 10000:
+    n = parse_uint(value, max_digits=5)
+    if n is None or not 1 <= n <= 10000:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
-    return int(value)
+    return n
 
 
 async def get_object(ctx: Ctx) -> web.StreamResponse:
@@ -329,8 +358,8 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
             resp.release()
             return await _foreign_or_refuse(ctx)
         sse.check_customer_key(ctx, sealed.env)
-        first_len = int(resp.headers.get("Content-Length", "0"))
-        ct_total = int(resp.headers["Content-Range"].rsplit("/", 1)[1]) if ranged else first_len
+        first_len = backend_length(resp.headers)
+        ct_total = backend_total(resp.headers) if ranged else first_len
         etag = resp.headers.get("ETag", "")
         size = await resolve_size(ctx, bucket, key, sealed.env, etag, ct_total)
         if sealed.env.layout == "S":
@@ -514,9 +543,9 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     try:
         head = await read_at_most(probe, PROBE_BYTES)
         if "Content-Range" in probe.headers:
-            total = int(probe.headers["Content-Range"].rsplit("/", 1)[1])
+            total = backend_total(probe.headers)
         else:
-            total = int(probe.headers.get("Content-Length", "0"))
+            total = backend_length(probe.headers)
     finally:
         probe.release()
     etag = probe.headers.get("ETag", "")
@@ -639,17 +668,31 @@ async def _decrypt_range(
 async def get_object_attributes(ctx: Ctx) -> web.StreamResponse:
     from s3proxy.http.listing import rewrite_attributes
 
+    # The envelope first: an SSE-C object's attributes (its size) need its key, as in S3.
+    head = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key, query=version_query(ctx))
+    head.release()
+    env = read_envelope(head.headers) if head.status == 200 else None
+    if env is not None:
+        sse.check_customer_key(ctx, env)
+        # attributes (sizes, part layout) only of an object whose envelope is bound here
+        sealed = await unseal(ctx, head.headers, ctx.bucket, ctx.key, "GetObjectAttributes")
+        if sealed is not None:
+            sealed.dek[:] = bytes(len(sealed.dek))
+    elif head.status == 200 and not ctx.bucket_settings.allow_unencrypted_reads:
+        raise unencrypted(ctx)
+    query = list(ctx.route.query)
+    if head.status == 200 and not version_query(ctx) and head.headers.get("x-amz-version-id", "null") != "null":
+        query.append(("versionId", head.headers["x-amz-version-id"]))  # the version whose key was checked
     resp = await ctx.state.backend.request(
-        "GET", ctx.bucket, ctx.key, query=list(ctx.route.query),
-        headers=forward_headers(ctx.request.headers, body_changed=False),
+        "GET", ctx.bucket, ctx.key, query=query,
+        headers=forward_headers(ctx.request.headers, body_changed=False, drop=[sse.C_ALG, sse.C_KEY, sse.C_MD5]),
     )
     if resp.status != 200:
         return await backend_error(ctx, resp)
     body = await resp.read()
     resp.release()
-    head = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key, query=version_query(ctx))
-    head.release()
-    env = read_envelope(head.headers) if head.status == 200 else None
+    if head.status != 200:  # appeared between the HEAD and the GET: its key was not checked
+        raise S3Error("ServiceUnavailable", "The object changed while its attributes were read; retry.", 503)
     if env is not None:
         body = rewrite_attributes(body, env.layout)
     hdrs = response_headers(resp.headers, ctx.request_id)
@@ -676,7 +719,7 @@ def parse_copy_source(value: str) -> tuple[str, str, str | None]:
 
 
 def check_source_access(ctx: Ctx, bucket: str, key: str) -> None:
-    from s3proxy.http.handlers import allowed
+    from s3proxy.http.authz import allowed
 
     ident = ctx.caller.identity
     if ident is None or not allowed(ident, "read", bucket, key, None):

@@ -11,8 +11,14 @@ import re
 from dataclasses import dataclass
 
 from s3proxy.http.errors import S3Error
+from s3proxy.http.numbers import MAX_DIGITS, parse_uint
 
-_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+# ASCII digits and blanks only: ``\d`` and ``\s`` would accept Unicode digits
+# (which int() then parses, or refuses with a 500) and Unicode spaces.
+_RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE | re.ASCII)
+# Larger than any object: a longer number is clamped to it (int() of a
+# 5000-digit string would raise ValueError).
+_HUGE = 10**MAX_DIGITS
 
 
 @dataclass(frozen=True)
@@ -47,18 +53,24 @@ def invalid_range(size: int) -> S3Error:
 def parse_range(value: str | None) -> ByteRange | None:
     if not value:
         return None
-    m = _RANGE.match(value)
+    m = _RANGE.fullmatch(value)
     if not m:
         return None
     a, b = m.group(1), m.group(2)
     if a == "" and b == "":
         return None
     if a == "":
-        return ByteRange(None, None, int(b))
-    start = int(a)
+        return ByteRange(None, None, _number(b))
+    start = _number(a)
     if b == "":
         return ByteRange(start, None)
-    end = int(b)
+    end = _number(b)
     if end < start:
         return None  # S3 ignores a range whose last byte precedes its first
     return ByteRange(start, end)
+
+
+def _number(digits: str) -> int:
+    """A run of ASCII digits (the regex matched it) as an int, clamped to ``_HUGE``."""
+    n = parse_uint(digits.lstrip("0") or "0")
+    return _HUGE if n is None else min(n, _HUGE)

@@ -1,8 +1,18 @@
 """Classify an incoming request into an S3 operation.
 
 Pure: takes the method, host, raw path, raw query and headers; returns the
-bucket, key, decoded query and an operation name.  Unknown operations still
-classify (as ``passthrough`` flavours) so they reach the backend unchanged.
+bucket, key, decoded query and an operation name.
+
+The client's authentication parameters (presigned SigV4 and SigV2) are
+removed from ``Route.query``: they authenticate the client to s3proxy and
+must never reach the backend, which gets s3proxy's own signature.
+
+``classify`` names every operation it knows.  On an encrypted bucket only
+the operations in ``ENCRYPTED_OPS`` are served, each only with the query
+parameters ``allowed_params`` lists for it; anything else (``?torrent``,
+``?select``, ``?restore``, an unknown sub-resource) is refused before a byte
+reaches the backend (``unsupported_reason``).  Passthrough buckets still
+forward unknown operations unchanged.
 """
 
 from __future__ import annotations
@@ -10,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
+
+from s3proxy.http.numbers import parse_uint
 
 # Sub-resources that turn an object/bucket request into a configuration call.
 OBJECT_SUBRESOURCES = frozenset(
@@ -34,7 +46,15 @@ class Route:
         return any(k == name for k, _ in self.query)
 
 
-def parse_query(raw_query: str) -> tuple[tuple[str, str], ...]:
+# Query parameters that authenticate the client (SigV4 presigned, SigV2 query auth):
+# compared case-insensitively, never forwarded.
+AUTH_PARAMS = frozenset(
+    {"x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
+     "x-amz-signature", "x-amz-security-token", "x-amz-s3session-token", "awsaccesskeyid", "signature", "expires"}
+)
+
+
+def parse_query(raw_query: str, *, keep_auth: bool = False) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     if not raw_query:
         return ()
@@ -42,7 +62,10 @@ def parse_query(raw_query: str) -> tuple[tuple[str, str], ...]:
         if not part:
             continue
         k, _, v = part.partition("=")
-        out.append((unquote(k), unquote(v)))
+        name = unquote(k)
+        if not keep_auth and name.lower() in AUTH_PARAMS:
+            continue
+        out.append((name, unquote(v)))
     return tuple(out)
 
 
@@ -96,6 +119,8 @@ def classify(method: str, bucket: str | None, key: str | None, query: tuple[tupl
             return "ListParts"
         if "attributes" in names:
             return "GetObjectAttributes"
+        if "torrent" in names:
+            return "GetObjectTorrent"
         if names & OBJECT_SUBRESOURCES:
             return "ObjectConfig"
         return "GetObject"
@@ -108,10 +133,14 @@ def classify(method: str, bucket: str | None, key: str | None, query: tuple[tupl
             return "CompleteMultipartUpload"
         if "select" in names:
             return "SelectObjectContent"
+        if "restore" in names:
+            return "RestoreObject"
         return "ObjectConfig"
     if method == "DELETE":
         if "uploadId" in names:
             return "AbortMultipartUpload"
+        if names & OBJECT_SUBRESOURCES:
+            return "ObjectConfig"
         return "DeleteObject"
     return "Passthrough"
 
@@ -126,6 +155,87 @@ _BUCKET_CONFIG = frozenset(
      "ownershipControls", "publicAccessBlock", "policyStatus", "analytics", "metrics", "inventory",
      "intelligent-tiering", "uploads", "versions", "delete"}
 )
+
+
+_RESPONSE = frozenset(
+    {"response-content-type", "response-content-language", "response-expires", "response-cache-control",
+     "response-content-disposition", "response-content-encoding"}
+)
+_VERSIONS_PARAMS = frozenset(
+    {"versions", "prefix", "delimiter", "key-marker", "version-id-marker", "max-keys", "encoding-type"}
+)
+_UPLOADS_PARAMS = frozenset(
+    {"uploads", "prefix", "delimiter", "key-marker", "upload-id-marker", "max-uploads", "encoding-type"}
+)
+# Query parameters each operation may carry on an encrypted bucket (besides ``x-id``, the SDKs'
+# operation hint).  Object configuration sub-resources that only touch metadata s3proxy does not
+# encrypt (ACLs, tags, retention, legal hold) are served as passthrough.
+ALLOWED_PARAMS: dict[str, frozenset[str]] = {
+    "GetObject": frozenset({"versionId", "partNumber"}) | _RESPONSE,
+    "HeadObject": frozenset({"versionId", "partNumber"}) | _RESPONSE,
+    "PutObject": frozenset(),
+    "CopyObject": frozenset(),
+    "DeleteObject": frozenset({"versionId"}),
+    "GetObjectAttributes": frozenset({"attributes", "versionId"}),
+    "CreateMultipartUpload": frozenset({"uploads"}),
+    "UploadPart": frozenset({"partNumber", "uploadId"}),
+    "UploadPartCopy": frozenset({"partNumber", "uploadId"}),
+    "CompleteMultipartUpload": frozenset({"uploadId"}),
+    "AbortMultipartUpload": frozenset({"uploadId"}),
+    "ListParts": frozenset({"uploadId", "max-parts", "part-number-marker", "encoding-type"}),
+    "ListObjects": _LIST_PARAMS,
+    "ListObjectsV2": _LIST_PARAMS,
+    "ListObjectVersions": _VERSIONS_PARAMS,
+    "ListMultipartUploads": _UPLOADS_PARAMS,
+}
+_OBJECT_CONFIG = {
+    "GET": ("acl", "tagging", "retention", "legal-hold"),
+    "PUT": ("acl", "tagging", "retention", "legal-hold"),
+    "DELETE": ("tagging",),
+}
+_CONFIG_EXTRA = frozenset({"versionId", "id", "bypassGovernanceRetention"})
+
+
+# Query parameters S3 defines as non-negative integers: ASCII digits only, checked for every
+# bucket (a backend that answers 500 to ``max-keys=²`` must never see it).
+NUMERIC_PARAMS = frozenset({"max-keys", "max-uploads", "max-parts", "part-number-marker", "partNumber", "list-type"})
+
+
+def bad_number(r: Route) -> str | None:
+    """The first numeric query parameter that is not ASCII digits, or None."""
+    for k, v in r.query:
+        if k in NUMERIC_PARAMS and parse_uint(v) is None:
+            return k
+    return None
+
+
+def unsupported_reason(r: Route, method: str) -> str | None:
+    """Why an encrypted bucket refuses this request, or None when it is served."""
+    names = {k for k, _ in r.query} - {"x-id"}
+    if r.op in ALLOWED_PARAMS:
+        extra = names - ALLOWED_PARAMS[r.op]
+        if extra:
+            return f"{r.op} with the query parameter {sorted(extra)[0]!r}"
+        return None
+    if r.op == "ObjectConfig":
+        subs = names - _CONFIG_EXTRA
+        if len(subs) == 1 and next(iter(subs)) in _OBJECT_CONFIG.get(method, ()):
+            return None
+        return f"{method} on an object with the query parameters {sorted(names)!r}"
+    if r.op == "BucketConfig":
+        if r.key is not None:
+            return f"{method} with the query parameters {sorted(names)!r}"
+        subs = names - _CONFIG_EXTRA
+        if not subs and method in ("PUT", "DELETE", "HEAD"):
+            return None  # CreateBucket, DeleteBucket, HeadBucket
+        if len(subs) == 1 and next(iter(subs)) in _BUCKET_CONFIG - {"uploads", "versions"}:
+            if next(iter(subs)) == "delete" and method != "POST":
+                return f"{method} ?delete"
+            return None
+        return f"{method} on a bucket with the query parameters {sorted(names)!r}"
+    if r.op == "ListBuckets" or (r.op == "Passthrough" and method == "OPTIONS"):
+        return None  # the service itself; CORS preflight (no body, no data)
+    return r.op
 
 
 def route(method: str, host: str, raw_path: str, raw_query: str, headers: Mapping[str, str], base_domain: str | None) -> Route:

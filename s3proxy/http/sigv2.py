@@ -14,11 +14,11 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from s3proxy.http.sigv4 import SigV4Error
+from s3proxy.http.numbers import parse_uint
+from s3proxy.http.sigv4 import SigV4Error, parse_http_date, wire_bytes
 
 # Query parameters that are part of the signed resource (as botocore signs them).
 SUBRESOURCES = frozenset(
@@ -95,7 +95,7 @@ def string_to_sign(
 
 
 def sign(secret_key: str, sts: str) -> str:
-    mac = hmac.new(secret_key.encode(), sts.encode("utf-8"), hashlib.sha1).digest()
+    mac = hmac.new(wire_bytes(secret_key), wire_bytes(sts), hashlib.sha1).digest()
     return base64.b64encode(mac).decode()
 
 
@@ -122,10 +122,11 @@ def verify_v2(
         stamp = hmap.get("x-amz-date") or hmap.get("date")
         if not stamp:
             raise SigV4Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header", 403)
-        try:
-            when = parsedate_to_datetime(stamp)
-        except (TypeError, ValueError):
-            raise SigV4Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header", 403) from None
+        when = parse_http_date(stamp)  # aware UTC, ASCII digits only
+        if when is None:
+            raise SigV4Error("AccessDenied", "AWS authentication requires a valid Date or x-amz-date header", 403)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
         if abs((now - when).total_seconds()) > max_skew_seconds:
             raise SigV4Error("RequestTimeTooSkewed", "The difference between the request time and the current time is too large.", 403)
         presigned = False
@@ -133,9 +134,10 @@ def verify_v2(
     else:
         q = dict((k, v) for k, v in _split_query(raw_query) if v is not None)
         access_key, signature, expires = q.get("AWSAccessKeyId", ""), q.get("Signature", ""), q.get("Expires", "")
-        if not expires.isdigit():
+        expires_at = parse_uint(expires)  # ASCII digits only: isdigit() accepts '²', which int() refuses
+        if expires_at is None:
             raise SigV4Error("AccessDenied", "Query-string authentication requires the Signature, Expires and AWSAccessKeyId parameters", 403)
-        if int(expires) < now.timestamp():
+        if expires_at < now.timestamp():
             raise SigV4Error("AccessDenied", "Request has expired", 403)
         presigned = True
         stamp_field = expires
@@ -146,8 +148,15 @@ def verify_v2(
     secret = lookup_secret(access_key)
     if secret is None:
         raise SigV4Error("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.", 403)
-    sts = string_to_sign(method, raw_path, raw_query, headers, stamp_field, resource_prefix)
-    if not hmac.compare_digest(sign(secret, sts).encode(), signature.encode()):
+    resources = [raw_path]
+    if not resource_prefix and raw_path.count("/") == 1 and len(raw_path) > 1:
+        # A bucket addressed path-style as ``/bucket``: botocore (and AWS) sign ``/bucket/``.
+        resources.append(raw_path + "/")
+    matched = False
+    for resource in resources:
+        sts = string_to_sign(method, resource, raw_query, headers, stamp_field, resource_prefix)
+        matched |= hmac.compare_digest(sign(secret, sts).encode(), wire_bytes(signature))
+    if not matched:
         raise SigV4Error(
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided. Check your key and signing method.",

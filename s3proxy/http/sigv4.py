@@ -43,6 +43,7 @@ from typing import Final
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from s3proxy.http.errors import S3Error
+from s3proxy.http.numbers import parse_uint
 
 __all__ = [
     "ALGORITHM",
@@ -79,8 +80,10 @@ _PAYLOAD_MODES: Final = frozenset(
     {UNSIGNED_PAYLOAD, STREAMING_PAYLOAD, STREAMING_PAYLOAD_TRAILER, STREAMING_UNSIGNED_PAYLOAD_TRAILER}
 )
 _HEX64: Final = re.compile(r"[0-9a-fA-F]{64}")
-_AMZ_DATE: Final = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
-_DATE8: Final = re.compile(r"\d{8}")
+# ASCII digits only: in a str pattern ``\d`` matches every Unicode digit too.
+_AMZ_DATE: Final = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{2})([0-9]{2})Z", re.ASCII)
+_DATE8: Final = re.compile(r"[0-9]{8}", re.ASCII)
+_DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)
 _AMZ_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 
 # Headers an HTTP client or proxy may add or rewrite on the way: never signed
@@ -137,8 +140,22 @@ class SigV4Error(S3Error):
     def __init__(
         self, code: str, message: str, status: int = 403, details: Iterable[tuple[str, str]] = ()
     ) -> None:
-        self.details = tuple(details)
-        super().__init__(code, message, status, extra=dict(self.details))
+        self.details = tuple((name, wire_text(value)) for name, value in details)
+        super().__init__(code, wire_text(message), status, extra=dict(self.details))
+
+
+def wire_text(value: str) -> str:
+    """``value`` made encodable as UTF-8 for an error body.
+
+    Request text reaches us decoded with ``surrogateescape`` (aiohttp's
+    headers and path, our query parameters), so it may hold lone surrogates
+    that ``str.encode()`` refuses; they are shown as U+FFFD.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -171,7 +188,7 @@ class AuthResult:
 
 def uri_encode(value: str | bytes, *, keep_slash: bool = False) -> str:
     """AWS UriEncode: every byte except ``A-Za-z0-9-_.~`` (and ``/`` if kept) as %XX."""
-    raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
+    raw = wire_bytes(value) if isinstance(value, str) else value
     return quote_from_bytes(raw, safe="/" if keep_slash else "")
 
 
@@ -184,11 +201,20 @@ def canonical_uri(raw_path: str) -> str:
     """
     if not raw_path:
         return "/"
-    return quote_from_bytes(unquote_to_bytes(raw_path), safe="/")
+    return quote_from_bytes(unquote_to_bytes(wire_bytes(raw_path)), safe="/")
+
+
+def wire_bytes(raw: str) -> bytes:
+    """The bytes of request text decoded with ``surrogateescape`` (as aiohttp decodes the
+    path and headers); ``str.encode()`` would raise on them."""
+    try:
+        return raw.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: not from the wire
+        return raw.encode("utf-8", "surrogatepass")
 
 
 def _decode_component(raw: str) -> bytes:
-    return unquote_to_bytes(raw.replace("+", " "))
+    return unquote_to_bytes(wire_bytes(raw.replace("+", " ")))
 
 
 def _split_query(raw_query: str) -> list[tuple[bytes, bytes]]:
@@ -240,12 +266,12 @@ def _canonical_request(
 
 
 def _string_to_sign(amz_date: str, scope: str, canonical_request: str) -> str:
-    digest = hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
+    digest = hashlib.sha256(wire_bytes(canonical_request)).hexdigest()
     return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.new(key, wire_bytes(msg), hashlib.sha256).digest()
 
 
 @functools.lru_cache(maxsize=256)
@@ -255,12 +281,12 @@ def derive_signing_key(secret_key: str, date: str, region: str, service: str) ->
     Memoised: the key changes once a day per identity, and four HMACs per
     request are a measurable share of a small object's cost.
     """
-    k_date = _hmac(("AWS4" + secret_key).encode("utf-8"), date)
+    k_date = _hmac(wire_bytes("AWS4" + secret_key), date)
     return _hmac(_hmac(_hmac(k_date, region), service), "aws4_request")
 
 
 def _sign(signing_key: bytes, string_to_sign: str) -> str:
-    return hmac.new(signing_key, string_to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(signing_key, wire_bytes(string_to_sign), hashlib.sha256).hexdigest()
 
 
 def chunk_signature(
@@ -310,12 +336,17 @@ def _parse_amz_date(value: str) -> datetime | None:
         return None
 
 
-def _parse_http_date(value: str) -> datetime | None:
+def parse_http_date(value: str) -> datetime | None:
+    """An RFC 7231 / RFC 2822 ``Date`` as an aware UTC datetime, or None.
+
+    ASCII only: the email parser's int() would accept Unicode digits.
+    """
+    if not value.isascii():
+        return None
     try:
-        t = parsedate_to_datetime(value)
+        return _utc(parsedate_to_datetime(value))
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return _utc(t)
 
 
 def _index_headers(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -392,7 +423,7 @@ def _compare(
     sts = _string_to_sign(amz_date, scope, canonical_request)
     key = derive_signing_key(secret, date, region, service)
     expected = _sign(key, sts)
-    if not hmac.compare_digest(expected.encode("ascii"), provided.encode("utf-8", "surrogateescape")):
+    if not hmac.compare_digest(expected.encode("ascii"), wire_bytes(provided)):
         raise SigV4Error(
             "SignatureDoesNotMatch",
             _MSG_SIGNATURE,
@@ -495,7 +526,7 @@ def _verify_header_auth(
     if len(date_values) != 1:
         raise SigV4Error("AccessDenied", _MSG_BAD_DATE, 403)
     raw_date = date_values[0].strip()
-    t = _parse_amz_date(raw_date) if date_header == "x-amz-date" else _parse_http_date(raw_date)
+    t = _parse_amz_date(raw_date) if date_header == "x-amz-date" else parse_http_date(raw_date)
     if t is None:
         raise SigV4Error("AccessDenied", _MSG_BAD_DATE, 403)
     amz_date = t.strftime(_AMZ_DATE_FORMAT)
@@ -600,12 +631,12 @@ def _verify_presigned(
             f'Error parsing the X-Amz-Credential parameter; Invalid credential date "{cred_date}". '
             f'Date is not the same as X-Amz-Date: "{raw_date[:8]}".'
         )
-    if not raw_expires.isdecimal() or not raw_expires.isascii():
-        if raw_expires.startswith("-") and raw_expires[1:].isdecimal():
+    if _DIGITS.fullmatch(raw_expires) is None:
+        if raw_expires.startswith("-") and _DIGITS.fullmatch(raw_expires[1:]):
             raise _query_error("X-Amz-Expires must be non-negative")
         raise _query_error("X-Amz-Expires should be a number")
-    expires = int(raw_expires)
-    if expires > MAX_PRESIGN_EXPIRES:
+    expires = parse_uint(raw_expires.lstrip("0") or "0")
+    if expires is None or expires > MAX_PRESIGN_EXPIRES:
         raise _query_error(f"X-Amz-Expires must be less than a week (in seconds) that is {MAX_PRESIGN_EXPIRES}")
     signed = _parse_signed_headers(signed_raw)
     if signed is None:

@@ -31,7 +31,12 @@ KMS_CTX = "x-amz-server-side-encryption-context"
 C_ALG = "x-amz-server-side-encryption-customer-algorithm"
 C_KEY = "x-amz-server-side-encryption-customer-key"
 C_MD5 = "x-amz-server-side-encryption-customer-key-md5"
+# The copy source's customer key: x-amz-copy-source-server-side-encryption-customer-*
+# (the "x-amz-" of the plain names is not repeated after the prefix).
 CS_PREFIX = "x-amz-copy-source-"
+CS_ALG = CS_PREFIX + C_ALG.removeprefix("x-amz-")
+CS_KEY = CS_PREFIX + C_KEY.removeprefix("x-amz-")
+CS_MD5 = CS_PREFIX + C_MD5.removeprefix("x-amz-")
 
 
 @dataclass(frozen=True)
@@ -41,9 +46,14 @@ class CustomerKey:
 
 
 def customer_key(headers: Mapping[str, str], prefix: str = "", *, secure: bool, require_https: bool) -> CustomerKey | None:
-    alg = headers.get(prefix + C_ALG)
-    key_b64 = headers.get(prefix + C_KEY)
-    md5 = headers.get(prefix + C_MD5)
+    """The SSE-C key in ``headers``: the object's (``prefix`` "") or the copy source's (``CS_PREFIX``)."""
+    if prefix == CS_PREFIX:
+        names = (CS_ALG, CS_KEY, CS_MD5)
+    elif prefix == "":
+        names = (C_ALG, C_KEY, C_MD5)
+    else:
+        raise ValueError(f"unknown SSE-C header prefix {prefix!r}")
+    alg, key_b64, md5 = (headers.get(n) for n in names)
     if alg is None and key_b64 is None and md5 is None:
         return None
     if alg != "AES256":
@@ -149,9 +159,16 @@ def check_customer_key(ctx: Ctx, env: Envelope) -> None:
 
 
 def check_copy_source_key(ctx: Ctx, env: Envelope) -> None:
+    """CopyObject/UploadPartCopy: an SSE-C source needs its key (x-amz-copy-source-server-side-encryption-customer-*);
+    other sources must not be sent one."""
     ck = _ck(ctx, CS_PREFIX)
-    if env.wrapped.backend == "sse-c" and ck is None:
-        raise S3Error("InvalidRequest", "The source object was stored using SSE-C; provide the copy-source customer key.", 400)
+    if env.wrapped.backend == "sse-c":
+        if ck is None:
+            raise S3Error("InvalidRequest", "The source object was stored using SSE-C; provide the copy-source customer key.", 400)
+        if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
+            raise S3Error("AccessDenied", "The provided copy-source SSE-C key does not match the source object's key.", 403)
+    elif ck is not None:
+        raise S3Error("InvalidRequest", "The copy-source encryption parameters are not applicable to this object.", 400)
 
 
 def response_headers(ctx: Ctx, env: Envelope) -> dict[str, str]:

@@ -147,7 +147,10 @@ class _Metrics:
             "Decrypt-side entries served past their TTL during a backend outage",
             registry=registry,
         )
-        self.entries = Gauge("s3proxy_key_cache_entries", "Cached data keys", ["side"], registry=registry)
+        # Each worker has its own cache: with --workers, the sum over the live ones.
+        self.entries = Gauge(
+            "s3proxy_key_cache_entries", "Cached data keys", ["side"], registry=registry, multiprocess_mode="livesum"
+        )
 
 
 class DataKeyCache:

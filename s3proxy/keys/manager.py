@@ -36,6 +36,16 @@ __all__ = ["AuditInfo", "KeyManager"]
 
 class _Metrics:
     def __init__(self, registry: CollectorRegistry):
+        # One per call to a backend, whatever its outcome: with a cloud KMS, each is
+        # a billed request (docs/DEPLOYMENT.md, "Key-service cost").  ``call`` as
+        # in the two metrics below: generate_data_key, decrypt_data_key,
+        # wrap_data_key, rewrap, check.
+        self.calls = Counter(
+            "s3proxy_key_service_calls",
+            "Calls to the key service (billable requests with a cloud KMS), by backend and call",
+            ["backend", "call"],
+            registry=registry,
+        )
         self.latency = Histogram(
             "s3proxy_key_backend_seconds",
             "Key-backend call latency",
@@ -95,6 +105,8 @@ class KeyManager:
         context: Mapping[str, str] | None,
         fn: Callable[[], Awaitable[T]],
     ) -> T:
+        if self._metrics is not None:
+            self._metrics.calls.labels(backend.name, call).inc()
         started = self._clock()
         try:
             result = await fn()

@@ -13,8 +13,8 @@ import http.client
 import os
 import socket
 import uuid
-import zlib
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta

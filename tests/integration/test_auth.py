@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import hashlib
 import time
-from email.utils import formatdate
-from unittest import mock
 import urllib.error
 import urllib.request
 from datetime import timedelta
+from email.utils import formatdate
+from unittest import mock
 
 import pytest
 from botocore.exceptions import ClientError
+
 from tests.integration.helpers import (
     KiB,
-    aws_chunked_body,
     MiB,
     absent,
     assert_s3_error,
+    aws_chunked_body,
     client_error,
     clock,
     limited,
+    main_creds,
     now_utc,
     object_url,
     presigner,
@@ -41,7 +43,6 @@ from tests.integration.helpers import (
     sign_v2,
     signed,
     skewed,
-    main_creds,
 )
 
 # --------------------------------------------------------------------- identities and signatures

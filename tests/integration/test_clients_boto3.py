@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
+
 from tests.integration.helpers import (
     MiB,
     absent,

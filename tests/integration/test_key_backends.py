@@ -303,8 +303,9 @@ def test_audit_log(backend: Any, raw: Any, tmp_path: Path) -> None:
     records = [json.loads(line) for line in lines]
     objects = [r for r in records if r["event"] == "key.object"]
     by_op = {(r["operation"], r["key"]): r for r in objects}
+    # Complete unwraps the DEK too: it verifies the upload token's tag (docs/FORMAT.md 3.2)
     assert sorted(by_op) == sorted([("PutObject", "a"), ("GetObject", "a"), ("CreateMultipartUpload", "mp"),
-                                    ("UploadPart", "mp"), ("PutObject", "denied")])
+                                    ("UploadPart", "mp"), ("CompleteMultipartUpload", "mp"), ("PutObject", "denied")])
     assert len(objects) == len(by_op)  # one line per object operation
     fields = {"time", "event", "request_id", "identity", "operation", "bucket", "key", "backend", "key_id",
               "cache", "outcome", "latency_ms"}

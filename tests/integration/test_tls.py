@@ -165,7 +165,6 @@ def test_aws_cli_https_cp_and_sync(tls_proxy: Proxy, ca: LocalCA, tls_bucket: st
 
 
 def test_minio_sdk_https(tls_proxy: Proxy, ca: LocalCA, tls_bucket: str) -> None:
-    import io
 
     http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED", ca_certs=str(ca.cert_path))
     mc = Minio(f"127.0.0.1:{tls_proxy.port}", access_key=CLIENT_AK, secret_key=CLIENT_SK, secure=True, http_client=http)

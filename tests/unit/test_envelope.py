@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hmac
 import json
+from hashlib import sha256
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +27,7 @@ from s3proxy.crypto.envelope import (
     new_object_id,
     rebind,
     verify_binding,
+    verify_upload_token,
 )
 from s3proxy.crypto.format import (
     BindingMismatch,
@@ -286,28 +289,99 @@ def test_round_trip_property(
     d = decode_metadata(meta)
     assert d == e
     verify_binding(d, DEK, bucket, key)
-    token = decode_upload_token(encode_upload_token(e))
-    assert token == (object_id, w, EncryptionContext(ctx))
+    token = decode_upload_token(encode_upload_token(e, DEK, bucket, key, "upload-1"))
+    assert token[:3] == (object_id, w, EncryptionContext(ctx))
+    verify_upload_token(token, DEK, bucket, key, "upload-1")
 
 
 # -- upload token --------------------------------------------------------------------------
 
+UPLOAD = "2~backend-upload-id.x"
+
+
+def token_for(e: Envelope | None = None, bucket: str = "photos", key: str = "a/b.jpg", upload: str = UPLOAD) -> str:
+    return encode_upload_token(e or env("K"), DEK, bucket, key, upload)
+
+
+def raw_token(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
 
 def test_upload_token_round_trip_and_alphabet() -> None:
-    e = env("K")
-    token = encode_upload_token(e)
+    token = token_for()
     assert all(ch.isalnum() or ch in "-_" for ch in token)
-    object_id, wrapped, context = decode_upload_token(token)
-    assert (object_id, wrapped, context) == (OID, WRAPPED, CTX)
     decoded = decode_upload_token(token)
-    assert decoded.object_id == OID
+    assert (decoded.object_id, decoded.wrapped, decoded.context) == (OID, WRAPPED, CTX)
+    verify_upload_token(decoded, DEK, "photos", "a/b.jpg", UPLOAD)
 
 
 def test_upload_token_is_compact() -> None:
-    token = encode_upload_token(env("K"))
-    # version + id + 5 length prefixes + strings + 60-byte blob + context
-    raw = 1 + 16 + 8 + len("local") + len("k1") + len("AES256-GCM") + 60 + len(json.dumps(CTX, separators=(",", ":")))
+    token = token_for()
+    # version + id + 5 length prefixes + strings + 60-byte blob + context + 32-byte tag
+    raw = 1 + 16 + 8 + len("local") + len("k1") + len("AES256-GCM") + 60 + len(json.dumps(CTX, separators=(",", ":"))) + 32
     assert len(token) == -(-raw * 4 // 3)
+
+
+@pytest.mark.parametrize(
+    ("bucket", "key", "upload"),
+    [
+        ("photoz", "a/b.jpg", UPLOAD),  # another bucket
+        ("photos", "a/b.jpg ", UPLOAD),  # another key
+        ("photos", "a/b.jpgx", UPLOAD),
+        ("photos", "", UPLOAD),
+        ("photos", "a/b.jpg", UPLOAD + "x"),  # another backend upload
+        ("photos", "a/b.jpg", ""),
+        ("photosa/b.jpg", "", UPLOAD),  # length prefixes: no field boundary shifting
+    ],
+)
+def test_upload_token_transplanted_is_refused(bucket: str, key: str, upload: str) -> None:
+    decoded = decode_upload_token(token_for())
+    with pytest.raises(InvalidUploadToken):
+        verify_upload_token(decoded, DEK, bucket, key, upload)
+
+
+def test_upload_token_under_another_dek_is_refused() -> None:
+    decoded = decode_upload_token(token_for())
+    with pytest.raises(InvalidUploadToken):
+        verify_upload_token(decoded, OTHER_DEK, "photos", "a/b.jpg", UPLOAD)
+
+
+def test_upload_token_forged_without_the_dek_is_refused() -> None:
+    """The attack of issue 9: a token naming a victim's wrapped DEK and object id, built from
+    public parts, with any tag the attacker can compute (none, zeros, a MAC under a guessed key)."""
+    good = raw_token(token_for())
+    body = good[:-32]
+    for tag in (b"", bytes(32), good[-32:][::-1], hmac.new(b"guess", body, sha256).digest()):
+        forged = b64u(body + tag)
+        try:
+            decoded = decode_upload_token(forged)
+        except InvalidUploadToken:
+            continue
+        with pytest.raises(InvalidUploadToken):
+            verify_upload_token(decoded, DEK, "photos", "a/b.jpg", UPLOAD)
+
+
+def test_upload_token_every_byte_flipped_is_refused() -> None:
+    good = raw_token(token_for())
+    for i in range(len(good)):
+        bad = bytearray(good)
+        bad[i] ^= 0x01
+        try:
+            decoded = decode_upload_token(b64u(bytes(bad)))
+            verify_upload_token(decoded, DEK, "photos", "a/b.jpg", UPLOAD)
+        except (InvalidUploadToken, UnsupportedFormatVersion):
+            continue
+        raise AssertionError(f"byte {i} flipped and the token still verified")
+
+
+def test_upload_token_every_truncation_and_extension_is_refused() -> None:
+    good = raw_token(token_for())
+    for cut in range(len(good)):
+        with pytest.raises((InvalidUploadToken, UnsupportedFormatVersion)):
+            verify_upload_token(decode_upload_token(b64u(good[:cut])), DEK, "photos", "a/b.jpg", UPLOAD)
+    for extra in (b"\x00", bytes(32)):
+        with pytest.raises(InvalidUploadToken):
+            verify_upload_token(decode_upload_token(b64u(good + extra)), DEK, "photos", "a/b.jpg", UPLOAD)
 
 
 @pytest.mark.parametrize(
@@ -317,28 +391,41 @@ def test_upload_token_is_compact() -> None:
         "!!!!",
         "A",
         "AQ",
-        b64u(b"\x01" + bytes(15)),
-        b64u(b"\x01" + bytes(16)),
-        b64u(b"\x01" + bytes(16) + b"\x05ab"),
+        "Ag",
+        b64u(b"\x02" + bytes(15)),
+        b64u(b"\x02" + bytes(16)),
+        b64u(b"\x02" + bytes(16) + b"\x05ab" + bytes(32)),
+        "A" * 9000,
     ],
 )
 def test_upload_token_malformed(token: str) -> None:
-    with pytest.raises(InvalidUploadToken):
+    with pytest.raises((InvalidUploadToken, UnsupportedFormatVersion)):
         decode_upload_token(token)
 
 
-def test_upload_token_trailing_and_version() -> None:
-    token = encode_upload_token(env("K"))
-    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    with pytest.raises(InvalidUploadToken):
-        decode_upload_token(b64u(raw + b"\x00"))
-    with pytest.raises(InvalidUploadToken):
-        decode_upload_token(b64u(raw[:-1]))
+def test_upload_token_version_1_is_refused() -> None:
+    """v1 tokens carried no tag: every one is refused, however well formed."""
+    raw = raw_token(token_for())
+    v1 = b"\x01" + raw[1:-32]
     with pytest.raises(UnsupportedFormatVersion):
-        decode_upload_token(b64u(b"\x02" + raw[1:]))
-    bad_ctx = raw[: -len(b'{"bucket":"photos"}')] + b'{"bucket":"photoX"}'
-    assert decode_upload_token(b64u(bad_ctx)).context == {"bucket": "photoX"}
-    spaced = b'{"bucket": "photo"}'
-    not_canonical = raw[: -len(b'{"bucket":"photos"}') - 2] + len(spaced).to_bytes(2, "big") + spaced
+        decode_upload_token(b64u(v1))
+    with pytest.raises(UnsupportedFormatVersion):
+        decode_upload_token(b64u(b"\x03" + raw[1:]))
+
+
+def test_upload_token_trailing_and_context() -> None:
+    raw = raw_token(token_for())
+    body, tag = raw[:-32], raw[-32:]
     with pytest.raises(InvalidUploadToken):
-        decode_upload_token(b64u(not_canonical))
+        decode_upload_token(b64u(body + b"\x00" + tag))
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(b64u(body[:-1] + tag))
+    bad_ctx = body[: -len(b'{"bucket":"photos"}')] + b'{"bucket":"photoX"}'
+    decoded = decode_upload_token(b64u(bad_ctx + tag))
+    assert decoded.context == {"bucket": "photoX"}
+    with pytest.raises(InvalidUploadToken):
+        verify_upload_token(decoded, DEK, "photos", "a/b.jpg", UPLOAD)
+    spaced = b'{"bucket": "photo"}'
+    not_canonical = body[: -len(b'{"bucket":"photos"}') - 2] + len(spaced).to_bytes(2, "big") + spaced
+    with pytest.raises(InvalidUploadToken):
+        decode_upload_token(b64u(not_canonical + tag))

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from s3proxy.crypto import format as fmt
-from s3proxy.crypto.envelope import decode_metadata, decode_upload_token, verify_binding
-from s3proxy.crypto.format import FormatError, KPartDecryptor, SDecryptor, SRangeDecryptor
+from s3proxy.crypto.envelope import decode_metadata, decode_upload_token, verify_binding, verify_upload_token
+from s3proxy.crypto.format import FormatError, KPartDecryptor, SDecryptor, SRangeDecryptor, UnsupportedFormatVersion
 from s3proxy.crypto.sizes import CHUNK_SIZE, S_FULL_CHUNK_CT, S_HEADER_SIZE, s_plaintext_size, s_span
 from s3proxy.keys.base import WrappedKey
 
@@ -336,19 +336,31 @@ def test_own_envelope_vectors_against_reference(v: dict[str, Any]) -> None:
         "s3proxy-mac": ref_b64u(binding),
     }
     assert v["metadata"] == expected_meta
-    token = (
-        b"\x01" + oid
+    token_body = (
+        b"\x02" + oid
         + struct.pack(">B", len(w["backend"].encode())) + w["backend"].encode()
         + struct.pack(">H", len(w["key_id"].encode())) + w["key_id"].encode()
         + struct.pack(">B", len(w["algorithm"].encode())) + w["algorithm"].encode()
         + struct.pack(">H", len(blob)) + blob
         + struct.pack(">H", len(ctx_json)) + ctx_json
     )
-    assert v["upload_token"] == ref_b64u(token)
+    token_label = b"s3proxy.dev/upload-token@v2"
+    token_tag = hmac.new(
+        ref_expand(DEK, token_label, 32),
+        token_label + b"\x00" + ref_lp(v["bucket"].encode()) + ref_lp(v["key"].encode())
+        + ref_lp(v["backend_upload_id"].encode()) + token_body,
+        hashlib.sha256,
+    ).digest()
+    assert v["upload_token"] == ref_b64u(token_body + token_tag)
+    assert v["upload_token_v1"] == ref_b64u(b"\x01" + token_body[1:])
     # and the production decoder reads both
     env = decode_metadata(v["metadata"])
     assert env is not None
     assert (env.layout, env.object_id, env.context) == (v["layout"], oid, v["context"])
     assert env.wrapped == WrappedKey(w["backend"], w["key_id"], w["algorithm"], blob)
     verify_binding(env, DEK, v["bucket"], v["key"])
-    assert decode_upload_token(v["upload_token"]) == (oid, env.wrapped, env.context)
+    decoded = decode_upload_token(v["upload_token"])
+    assert decoded[:3] == (oid, env.wrapped, env.context)
+    verify_upload_token(decoded, DEK, v["bucket"], v["key"], v["backend_upload_id"])
+    with pytest.raises(UnsupportedFormatVersion):  # untagged v1 tokens are never trusted again
+        decode_upload_token(v["upload_token_v1"])

@@ -141,6 +141,15 @@ ENVELOPE_CASES: list[dict[str, Any]] = [
 ]
 
 
+# Upload tokens as format-v1 s3proxy wrote them (no tag); frozen here, never regenerated.
+V1_TOKENS = [
+    "AZa-w8KtqaBSv08jpSw5g8AFbG9jYWwAAmsxCkFFUzI1Ni1HQ00APAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4fICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6OwATeyJidWNrZXQiOiJwaG90b3MifQ",
+    "Ac6mF9_IZzDbugSpTyTOpZoHYXdzLWttcwBLYXJuOmF3czprbXM6dXMtZWFzdC0xOjExMTEyMjIyMzMzMzprZXkvMTIzNGFiY2QtMTJhYi0zNGNkLTU2ZWYtMTIzNDU2Nzg5MGFiA0tNUwC4ACVKb5S53gMoTXKXvOEGK1B1mr_kCS5TeJ3C5wwxVnugxeoPNFl-o8jtEjdcgabL8BU6X4SpzvMYPWKHrNH2G0Bliq_U-R5DaI2y1_whRmuQtdr_JEluk7jdAidMcZa74AUqT3SZvuMILVJ3nMHmCzBVep_E6Q4zWH2ix-wRNluApcrvFDleg6jN8hc8YYar0PUaP2SJrtP4HUJnjLHW-yBFao-02f4jSG2St9wBJktwlbrfBClOcwAoeyJidWNrZXQiOiJiYWNrdXBzIiwicHVycG9zZSI6InMzcHJveHkifQ",
+    "AWPhVZxViRukTYLbN5ZyVY4GcGtjczExAApteSBrZXk7w7wlB0FFUy1LV1AAKAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAASnsiYnVja2V0IjoiZG9ubmVlcyIsInF1b3RlXCIiOiJiYWNrXFxzbGFzaCIsItC60LvRjtGHIjoi0LfQvdCw0YfQtdC90LjQtSJ9",
+    "AbGHbmZqgzINSGuQb7qwyjsFc3NlLWMAAARub25lAAAAAnt9",
+]
+
+
 def envelope_vectors() -> list[dict[str, Any]]:
     out = []
     for i, case in enumerate(ENVELOPE_CASES):
@@ -156,7 +165,10 @@ def envelope_vectors() -> list[dict[str, Any]]:
                 "object_id": object_id.hex(),
                 "binding": env.binding.hex(),
                 "metadata": envelope.encode_metadata(env),
-                "upload_token": envelope.encode_upload_token(env),
+                "backend_upload_id": f"vector-upload-{i}~2",
+                "upload_token": envelope.encode_upload_token(env, DEK, case["bucket"], case["key"], f"vector-upload-{i}~2"),
+                # format-v1 tokens (untagged), kept so that tests prove they are refused
+                "upload_token_v1": V1_TOKENS[i],
             }
         )
     return out
