@@ -73,6 +73,7 @@ from xml.sax.saxutils import escape
 
 import aiohttp
 
+from s3proxy import progress
 from s3proxy.backend.client import BackendClient
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
@@ -326,6 +327,7 @@ class Rewrapper:
         self._last_checkpoint = 0.0
         self._checkpointed_after: str | None = None
         self._last_progress = 0.0
+        self._progress_t0 = time.monotonic()
         self._listing_done = False
         self._walk_finished = False
         self._tty = bool(getattr(self.err, "isatty", lambda: False)())
@@ -768,15 +770,14 @@ class Rewrapper:
         self._last_progress = now
         r = self.report
         listed = f"{r.listed}" + ("" if self._listing_done else "+")
-        bar = ""
-        if self._listing_done and r.listed:
-            filled = int(20 * min(r.processed, r.listed) / r.listed)
-            bar = "[" + "#" * filled + "." * (20 - filled) + "] "
+        total = r.listed if self._listing_done else None
+        shown_bar = progress.bar(r.processed, r.listed) + " " if total else ""
         done = "would re-wrap" if self.dry_run else "rewrapped"
         n_done = len(r.would_rewrap) if self.dry_run else r.rewrapped
         line = (
-            f"rewrap {bar}{r.processed}/{listed} listed, {n_done} {done}, "
-            f"{r.skipped} skipped, {r.failed} failed"
+            f"rewrap {shown_bar}{r.processed}/{listed} listed, {n_done} {done}, "
+            f"{r.skipped} skipped, {r.failed} failed, "
+            f"{progress.rate_eta(r.processed, total, now - self._progress_t0)}"
         )
         if self._tty:
             self.err.write("\r" + line + "\x1b[K" + ("\n" if final else ""))

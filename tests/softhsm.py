@@ -13,13 +13,28 @@ from typing import Any
 SOFTHSM_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
 
+def in_ci() -> bool:
+    """``CI=true`` (set by CI services and by ``.ci/run``)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def softhsm_missing() -> str | None:
-    """Why SoftHSM2 tests can't run here, or None."""
+    """Why SoftHSM2 tests can't run here, or None (the caller skips).
+
+    Under CI (``CI=true``) a missing SoftHSM2 fails the test instead: CI must
+    not pass with every PKCS#11 test silently skipped.
+    """
+    reason = None
     if shutil.which("softhsm2-util") is None:
-        return "softhsm2-util not installed (apt-get install softhsm2)"
-    if not os.path.exists(SOFTHSM_MODULE):
-        return f"SoftHSM2 module {SOFTHSM_MODULE} not installed (apt-get install softhsm2)"
-    return None
+        reason = "softhsm2-util not installed (apt-get install softhsm2)"
+    elif not os.path.exists(SOFTHSM_MODULE):
+        reason = f"SoftHSM2 module {SOFTHSM_MODULE} not installed (apt-get install softhsm2)"
+    if reason is not None and in_ci():
+        import pytest
+
+        pytest.fail(f"{reason}; CI=true: the PKCS#11 tests must run (scripts/system-deps.sh installs SoftHSM2)",
+                    pytrace=False)
+    return reason
 
 
 @contextlib.contextmanager
