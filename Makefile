@@ -2,13 +2,14 @@
 #   make dev    runs s3proxy on an embedded on-disk S3 store with a local key
 #   make test   runs the test suite (installs what it needs first)
 # and: make shell   a shell with .venv/bin (s3proxy, aws) on PATH
+#      make test-fast   the unit and fuzz tests only (no servers), under a minute
 #      make dev ARGS="--listen 127.0.0.1:9080 --tls"   (or S3PROXY_LISTEN=... make dev)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: dev test install install-test shell system-deps lint bench bench-full clean fuzz
+.PHONY: dev test test-fast install install-test shell system-deps lint bench bench-full clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +43,11 @@ shell: install
 test: install-test system-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
+# The quick lane: unit and fuzz tests (no servers, no SoftHSM), fuzzers at 50 examples,
+# nothing marked `slow`.  `make test` still runs everything.
+test-fast: install-test
+	S3PROXY_FUZZ_EXAMPLES=50 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests/unit tests/fuzz
+
 # Property-based fuzzing of the parsers and format readers, 100x the examples `make test` runs.
 fuzz: install-test
 	S3PROXY_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -p no:cacheprovider tests/fuzz tests/unit/test_xmlsafe.py
@@ -51,6 +57,12 @@ bench: install-test
 
 bench-full: install-test
 	$(BIN)/python -m bench --full
+
+# ruff and mypy --strict over the package (dev extras).
+lint: install-test
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/ruff check s3proxy
+	$(BIN)/mypy s3proxy
 
 clean:
 	rm -rf $(VENV) .s3proxy-dev .pytest_cache

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_urldispatcher import _default_expect_handler
 from prometheus_client import Counter
 
 from s3proxy.backend.client import BackendBusy, BackendClient
@@ -364,5 +365,12 @@ def build_app(settings: Settings, *, keys: Any = None) -> web.Application:
     )
     app.on_response_prepare.append(_mark_started)
     app.cleanup_ctx.append(_lifecycle)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_expect_handler)
     return app
+
+
+async def _expect_handler(request: web.Request) -> None:
+    """``Expect: 100-continue`` as aiohttp handles it; any other Expect value is ignored, as S3
+    does (aiohttp's default answers it with a plain-text 417 before any middleware runs)."""
+    if request.headers.get("Expect", "").strip().lower() == "100-continue":
+        await _default_expect_handler(request)

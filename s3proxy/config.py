@@ -51,6 +51,11 @@ class BackendSettings(_Model):
     # Longest a request waits for a free connection when all ``max_connections``
     # are busy; then it is answered 503 SlowDown (the client retries).
     pool_timeout: float = Field(10.0, gt=0)
+    # Does the backend give multipart objects "-N" ETags in listings (AWS, MinIO, Ceph do;
+    # rclone serve s3 does not)?  "auto": learned (a "-N" seen anywhere means yes, a multipart
+    # object seen without it means no; until then plain-ETag listing entries are HEADed once
+    # per ETag so sizes are exact); AWS endpoints (amazonaws.com) start as "yes".
+    multipart_etags: Literal["auto", "yes", "no"] = "auto"
 
     @field_validator("url")
     @classmethod
@@ -127,6 +132,10 @@ class LimitSettings(_Model):
     # request ends with 400 RequestTimeout and nothing is stored.  Time spent
     # while the proxy itself is not reading (backend backpressure) does not count.
     body_idle_timeout: float = Field(60.0, gt=0)
+    # Seconds a client may take no byte of a response the proxy is writing (it stopped
+    # reading); then the connection is closed, freeing its request slot and backend
+    # connections.  A slow but steady reader is never cut.
+    send_idle_timeout: float = Field(60.0, gt=0)
     # Seconds from the first byte of a request to the end of its headers (slowloris).
     header_timeout: float = Field(30.0, gt=0)
     # Seconds an idle keep-alive connection (or one that never sends a request) stays open.
@@ -187,6 +196,7 @@ _ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "S3PROXY_MAX_REQUESTS": ("limits", "max_requests"),
     "S3PROXY_MAX_REQUESTS_PER_IDENTITY": ("limits", "max_requests_per_identity"),
     "S3PROXY_BODY_IDLE_TIMEOUT": ("limits", "body_idle_timeout"),
+    "S3PROXY_SEND_IDLE_TIMEOUT": ("limits", "send_idle_timeout"),
     "S3PROXY_HEADER_TIMEOUT": ("limits", "header_timeout"),
     "S3PROXY_KEEPALIVE_TIMEOUT": ("limits", "keepalive_timeout"),
     "S3PROXY_TLS_CERT": ("tls", "cert"),

@@ -129,6 +129,14 @@ class BackendClient:
             await self._session.close()
             self._session = None
 
+    def spare_connections(self) -> int:
+        """Backend connections not in use right now (the pool limit minus those acquired)."""
+        connector = self._session.connector if self._session is not None else None
+        acquired = getattr(connector, "_acquired", None)  # aiohttp keeps no public count
+        if connector is None or acquired is None or not connector.limit:
+            return self.settings.max_connections
+        return max(0, connector.limit - len(acquired))
+
     def path_for(self, bucket: str | None, key: str | None) -> str:
         path = self._prefix + "/"
         if bucket:

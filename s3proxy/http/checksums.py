@@ -7,8 +7,7 @@ as it streams, and compares in constant time at the end.
 
 Values are base64 of the big-endian digest, as S3 defines them.  CRC32 uses
 zlib; MD5, SHA-1 and SHA-256 hashlib; CRC32C and CRC64NVME the C code of
-``awscrt.checksums`` when it is installed (as botocore does), else a correct
-but slow pure-Python table implementation.
+``awscrt.checksums`` (a required dependency, as botocore uses it too).
 
 Errors (:class:`ChecksumError`): ``BadDigest`` 400 when a digest does not
 match (S3 uses it for ``Content-MD5`` and ``x-amz-checksum-*`` alike);
@@ -23,27 +22,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import importlib
 import zlib
 from collections.abc import Mapping, Sequence
-from types import ModuleType
 from typing import Final, Protocol
+
+from awscrt import checksums as _crt
 
 from s3proxy.http.errors import S3Error
 from s3proxy.http.sigv4 import wire_text
 
-
-def _load_awscrt() -> ModuleType | None:
-    try:
-        return importlib.import_module("awscrt.checksums")
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-
-
-_CRT: Final = _load_awscrt()
-HAVE_AWSCRT: Final = _CRT is not None
-
-__all__ = ["ALGORITHMS", "HAVE_AWSCRT", "ChecksumError", "Checker", "crc32c_py", "crc64nvme_py", "digest_b64"]
+__all__ = ["ALGORITHMS", "ChecksumError", "Checker", "digest_b64"]
 
 ALGORITHMS: Final = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -51,8 +39,6 @@ _PREFIX: Final = "x-amz-checksum-"
 # x-amz-checksum-* headers that describe a checksum but carry no value.
 _NOT_VALUES: Final = frozenset({"x-amz-checksum-algorithm", "x-amz-checksum-type", "x-amz-checksum-mode"})
 _SIZES: Final = {"md5": 16, "crc32": 4, "crc32c": 4, "crc64nvme": 8, "sha1": 20, "sha256": 32}
-_MASK32: Final = 0xFFFFFFFF
-_MASK64: Final = 0xFFFFFFFFFFFFFFFF
 
 
 class ChecksumError(S3Error):
@@ -62,53 +48,6 @@ class ChecksumError(S3Error):
         # Messages quote header names and x-amz-trailer entries, which may
         # hold lone surrogates (aiohttp decodes with surrogateescape).
         super().__init__(code, wire_text(message), status)
-
-
-# --------------------------------------------------------------------------
-# CRCs
-
-
-def _reflected_table(poly: int) -> tuple[int, ...]:
-    table: list[int] = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32C_TABLE: Final = _reflected_table(0x82F63B78)
-_CRC64NVME_TABLE: Final = _reflected_table(0x9A6C9329AC4BC9B5)
-
-
-def _crc_py(table: tuple[int, ...], mask: int, data: bytes | memoryview, crc: int) -> int:
-    crc ^= mask
-    for byte in bytes(data):
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ mask
-
-
-def crc32c_py(data: bytes | memoryview, crc: int = 0) -> int:
-    """CRC-32C (Castagnoli), continuing from ``crc``; pure Python."""
-    return _crc_py(_CRC32C_TABLE, _MASK32, data, crc)
-
-
-def crc64nvme_py(data: bytes | memoryview, crc: int = 0) -> int:
-    """CRC-64/NVME, continuing from ``crc``; pure Python."""
-    return _crc_py(_CRC64NVME_TABLE, _MASK64, data, crc)
-
-
-def _crc32c(data: bytes | memoryview, crc: int) -> int:
-    if _CRT is not None:
-        return int(_CRT.crc32c(data, crc))
-    return crc32c_py(data, crc)  # pragma: no cover
-
-
-def _crc64nvme(data: bytes | memoryview, crc: int) -> int:
-    if _CRT is not None:
-        return int(_CRT.crc64nvme(data, crc))
-    return crc64nvme_py(data, crc)  # pragma: no cover
 
 
 class _Digest(Protocol):
@@ -127,9 +66,9 @@ class _Crc:
         if self._kind == "crc32":
             self._crc = zlib.crc32(data, self._crc)
         elif self._kind == "crc32c":
-            self._crc = _crc32c(data, self._crc)
+            self._crc = _crt.crc32c(data, self._crc)
         else:
-            self._crc = _crc64nvme(data, self._crc)
+            self._crc = _crt.crc64nvme(data, self._crc)
 
     def digest(self) -> bytes:
         return self._crc.to_bytes(8 if self._kind == "crc64nvme" else 4, "big")

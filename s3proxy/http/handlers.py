@@ -7,6 +7,7 @@ re-signed and passed through unchanged (``passthrough``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -24,6 +25,9 @@ from s3proxy.http.auth import Caller, RequestBody, authenticate
 from s3proxy.http.authz import authorise, check_delete_objects, list_buckets
 from s3proxy.http.errors import S3Error
 from s3proxy.http.router import Route, bad_number, route, unsupported_reason
+from s3proxy.observability import get_logger
+
+log = get_logger("s3proxy.handlers")
 
 RESERVED_META = "x-amz-meta-s3proxy-"
 HOP_BY_HOP = frozenset(
@@ -85,6 +89,13 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     raw_path, _, raw_query = request.raw_path.partition("?")
     r = route(request.method, request.host, raw_path, raw_query, request.headers, state.settings.base_domain)
     request[OP] = r.op
+    if request.method == "OPTIONS" and r.bucket is not None:
+        # CORS preflight: browsers send it unsigned; answered from the bucket's CORS
+        # configuration, never forwarded (s3proxy.http.cors).
+        from s3proxy.http import cors
+
+        request[OP] = "CORSPreflight"
+        return await cors.preflight(request, state, r.bucket)
     caller = request.get(CALLER) or authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
@@ -185,6 +196,63 @@ def response_headers(
     return out
 
 
+class SendWatchdog:
+    """Cuts off a client that stops reading a response body.
+
+    While a write to the client waits (the transport's buffer is full), the watchdog looks
+    every tick whether the client took bytes (the buffer shrank).  No progress for
+    ``limits.send_idle_timeout`` seconds: the connection is aborted, so the waiting write fails
+    and the request releases its slot and backend connections.  A slow but steady reader is
+    never cut; the cost per write is two attribute stores.
+    """
+
+    __slots__ = ("_transport", "_timeout", "_tick", "_loop", "_handle", "_writing", "_idle_since", "_size", "timed_out")
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._transport = ctx.request.transport
+        self._timeout = ctx.state.settings.limits.send_idle_timeout
+        self._tick = min(max(self._timeout / 4, 0.05), 5.0)
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._writing = False
+        self._idle_since = 0.0
+        self._size = 0
+        self.timed_out = False
+        if self._transport is not None:
+            self._handle = self._loop.call_later(self._tick, self._check)
+
+    async def write(self, out: web.StreamResponse, data: bytes | bytearray | memoryview) -> None:
+        self._writing = True
+        self._idle_since = self._loop.time()
+        try:
+            await out.write(data)
+        finally:
+            self._writing = False
+
+    def _check(self) -> None:
+        self._handle = None
+        t = self._transport
+        if t is None or t.is_closing():
+            return
+        if self._writing:
+            now = self._loop.time()
+            size = t.get_write_buffer_size()
+            if size < self._size:
+                self._idle_since = now  # the client took bytes since the last look
+            self._size = size
+            if now - self._idle_since >= self._timeout:
+                self.timed_out = True
+                log.info("client.send_timeout", timeout=self._timeout)
+                t.abort()
+                return
+        self._handle = self._loop.call_later(self._tick, self._check)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 async def relay(ctx: Ctx, resp: aiohttp.ClientResponse, *, headers: CIMultiDict[str] | None = None) -> web.StreamResponse:
     """Stream a backend response to the client unchanged (re-headered)."""
     try:
@@ -195,8 +263,12 @@ async def relay(ctx: Ctx, resp: aiohttp.ClientResponse, *, headers: CIMultiDict[
             out.content_length = int(cl)
         await out.prepare(ctx.request)
         if ctx.request.method != "HEAD":
-            async for chunk in resp.content.iter_any():
-                await out.write(chunk)
+            watchdog = SendWatchdog(ctx)
+            try:
+                async for chunk in resp.content.iter_any():
+                    await watchdog.write(out, chunk)
+            finally:
+                watchdog.close()
         await out.write_eof()
         return out
     finally:
@@ -302,4 +374,8 @@ async def passthrough(ctx: Ctx) -> web.StreamResponse:
         except aiohttp.ClientError as e:
             ctx.state.metrics.backend_errors.labels("connect").inc()
             raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+    if r.key is None and r.has("cors") and request.method in ("PUT", "DELETE") and r.bucket is not None:
+        from s3proxy.http import cors
+
+        cors.invalidate(ctx.state, r.bucket)  # preflights see the new rules at once
     return await relay(ctx, resp)

@@ -3,15 +3,22 @@
 ListObjects (V1/V2) and ListObjectVersions entries carry the ciphertext
 ``Size`` and the ``ETag``; the layout follows from the ETag (``-N`` suffix:
 multipart, K layout) and the size math inverts exactly, so no extra backend
-requests are made.  Entries whose size doesn't invert (objects written around
-the proxy) are left as the backend reported them.  The XML is rewritten in
+requests are made -- except for entries whose layout the listing hides (a plain
+ETag on a backend not known to put ``-N`` on multipart ETags, or a plain ETag
+whose size is no S size): those are HEADed, see ``resolve_listing``.  Objects
+written around the proxy are left as the backend reported them.  The XML is rewritten in
 place with regular expressions so everything else stays byte-identical.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import re
+from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import unescape
 
+import aiohttp
 from aiohttp import web
 
 from s3proxy.crypto import sizes
@@ -118,4 +125,176 @@ async def list_objects(ctx: Ctx) -> web.StreamResponse:
     finally:
         resp.release()
     hdrs = response_headers(resp.headers, ctx.request_id)
-    return web.Response(status=200, body=rewrite_listing(body), headers=hdrs)
+    return web.Response(status=200, body=await resolve_listing(ctx, body), headers=hdrs)
+
+
+# ----------------------------------------------------------------- entries without "-N"
+#
+# Some backends (rclone serve s3) give a multipart object a plain ETag: its layout cannot be
+# told from the listing, and almost every length is a valid S-layout length (only 16 in 16400
+# are not), so the S formula would report a plausible, wrong size.  Such entries are resolved
+# with a HEAD (the envelope says the layout; a K object's parts are then found by walking the
+# part headers, exactly as HeadObject does), concurrently and cached per (bucket, key, ETag,
+# size).  Whether the backend puts "-N" on multipart ETags is learned per backend: a "-N" in any
+# listing proves it does, and from then on a plain ETag with a valid S length is an S object
+# (no extra request: the common case on AWS, MinIO, Ceph).  Until then, and on backends seen
+# listing a K object under a plain ETag, plain-ETag entries are HEADed (once per ETag).
+
+LISTING_HEADS = 16  # concurrent HEADs per listing
+_CACHE_MAX = 100_000
+_KEY = re.compile(rb"<Key>([^<]*)</Key>")
+_VERSION_ID = re.compile(rb"<VersionId>([^<]*)</VersionId>")
+
+
+class _Memo:
+    """Per-backend knowledge: does it list multipart objects with "-N" ETags; resolved sizes."""
+
+    def __init__(self) -> None:
+        self.minus_n: bool | None = None  # True: seen "-N" in a listing; False: seen K without it
+        self.sizes: dict[tuple[str, str, str, int], int | None] = {}
+
+
+def _memo(ctx: Ctx) -> _Memo:
+    memo = getattr(ctx.state, "listing_memo", None)
+    if not isinstance(memo, _Memo):
+        memo = _Memo()
+        cfg = ctx.state.settings.backend
+        if cfg.multipart_etags != "auto":
+            memo.minus_n = cfg.multipart_etags == "yes"
+        elif (urlsplit(cfg.url).hostname or "").endswith(".amazonaws.com"):
+            memo.minus_n = True
+        setattr(ctx.state, "listing_memo", memo)  # noqa: B010 - AppState is a plain dataclass
+    return memo
+
+
+def learn_multipart_etag(ctx: Ctx, etag: str | None) -> None:
+    """A K-layout object read by HEAD/GET tells whether this backend's multipart ETags end in
+    "-N" (used by ``auto``; a pinned ``multipart_etags`` setting is never overridden)."""
+    if ctx.state.settings.backend.multipart_etags != "auto" or not etag:
+        return
+    memo = _memo(ctx)
+    if memo.minus_n is None:
+        memo.minus_n = _PARTS.search(etag.strip().encode()) is not None
+
+
+def _entry_fields(body: bytes) -> tuple[int, bytes] | None:
+    sm, em = _SIZE.search(body), _ETAG.search(body)
+    if sm is None or em is None:
+        return None
+    return int(sm.group(1)), em.group(1)
+
+
+def _needs_head(size: int, etag: bytes, minus_n: bool | None) -> bool:
+    if _PARTS.search(etag.strip()):
+        return False
+    if minus_n is True:
+        try:
+            sizes.s_plaintext_size(size)
+            return False  # an S object: this backend would have listed a K object with "-N"
+        except FormatError:
+            return True  # not an S length: a K object under a plain ETag (copied around us), or foreign
+    return True
+
+
+async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
+    """The listing with plaintext sizes; HEADs only the entries whose layout the listing hides."""
+    memo = _memo(ctx)
+    entries = list(_ENTRY.finditer(xml))
+    fields = [_entry_fields(m.group(2)) for m in entries]
+    if any(f is not None and _PARTS.search(f[1].strip()) for f in fields):
+        memo.minus_n = True
+    minus_n = memo.minus_n  # one decision for the whole page
+    url_keys = ctx.route.q("encoding-type") == "url"
+    todo: dict[tuple[str, str, str, int], str | None] = {}
+    for m, f in zip(entries, fields, strict=True):
+        if f is None or not _needs_head(f[0], f[1], minus_n):
+            continue
+        ck = _cache_key(ctx, m.group(2), f, url_keys)
+        if ck is not None and ck not in memo.sizes:
+            vm = _VERSION_ID.search(m.group(2))
+            vid = unescape(vm.group(1).decode()) if vm and m.group(1) == b"Version" else None
+            todo[ck] = None if vid in (None, "null") else vid
+    if todo:
+        sem = asyncio.Semaphore(LISTING_HEADS)
+
+        async def one(ck: tuple[str, str, str, int], vid: str | None) -> None:
+            async with sem:
+                memo.sizes[ck] = await _head_size(ctx, memo, ck, vid)
+
+        if len(memo.sizes) + len(todo) > _CACHE_MAX:
+            memo.sizes.clear()
+        await asyncio.gather(*(one(ck, vid) for ck, vid in todo.items()))
+
+    def fix(m: re.Match[bytes]) -> bytes:
+        body = m.group(2)
+        f = _entry_fields(body)
+        if f is None:
+            return m.group(0)
+        if _needs_head(f[0], f[1], minus_n):
+            ck = _cache_key(ctx, body, f, url_keys)
+            if ck is None or ck not in memo.sizes:
+                raise S3Error("ServiceUnavailable", "could not determine the size of a listed object; retry", 503)
+            plain = memo.sizes[ck]
+        else:
+            plain = plaintext_from_listing(f[0], f[1])
+        if plain is None:
+            return m.group(0)
+        sm = _SIZE.search(body)
+        assert sm is not None
+        body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
+        body = _CHECKSUM_EL.sub(b"", body)
+        tag = m.group(1)
+        return b"<" + tag + b">" + body + b"</" + tag + b">"
+
+    return _ENTRY.sub(fix, xml)
+
+
+def _cache_key(ctx: Ctx, body: bytes, f: tuple[int, bytes], url_keys: bool) -> tuple[str, str, str, int] | None:
+    km = _KEY.search(body)
+    if km is None:
+        return None
+    key = unescape(km.group(1).decode("utf-8", "replace"), {"&quot;": '"', "&apos;": "'", "&#34;": '"', "&#39;": "'"})
+    if url_keys:
+        key = unquote(key)
+    etag = unescape(f[1].decode("utf-8", "replace").strip(), {"&quot;": '"', "&#34;": '"'})
+    return (ctx.bucket, key, etag, f[0])
+
+
+async def _head_size(ctx: Ctx, memo: _Memo, ck: tuple[str, str, str, int], vid: str | None) -> int | None:
+    """Plaintext size of one listed object from its envelope (None: leave the listed size)."""
+    from s3proxy.http import objects
+    from s3proxy.http.router import Route
+
+    bucket, key, etag, size = ck
+    vq = [("versionId", vid)] if vid else []
+    try:
+        resp = await ctx.state.backend.request("HEAD", bucket, key, query=vq, headers={"If-Match": etag})
+        resp.release()
+    except aiohttp.ClientError as e:
+        raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+    if resp.status in (404, 412):
+        # Deleted or replaced since the listing: nothing can read the listed object any more;
+        # its size follows from the listing as well as it can.
+        return plaintext_from_listing(size, etag.encode())
+    if resp.status != 200:
+        raise S3Error("ServiceUnavailable", f"the storage backend answered {resp.status} to a HEAD", 503)
+    try:
+        env = objects.read_envelope(resp.headers)
+    except S3Error:
+        return None  # unreadable metadata: not ours to size
+    if env is None:
+        return None  # written around the proxy: the backend size is the size
+    if env.layout == "S":
+        try:
+            return sizes.s_plaintext_size(size)
+        except FormatError:
+            return None
+    if objects.parts_from_etag(etag) is None and memo.minus_n is None:
+        memo.minus_n = False  # ("-N" once seen stays trusted: a plain-ETag K object there was copied around us)
+    sub = dataclasses.replace(ctx, route=Route("HeadObject", bucket, key, tuple(vq)))
+    try:
+        return await objects.resolve_size(sub, bucket, key, env, etag, size)
+    except S3Error as e:
+        if e.status >= 500:
+            raise
+        return None  # a damaged object: reading it fails; its listed size stays the backend's

@@ -385,7 +385,12 @@ async def copy_multipart(
     new_env: Envelope,
     headers: dict[str, str],
 ) -> web.StreamResponse:
-    """Server-side copy of a K-layout object, part by part (keeps sizes exact)."""
+    """Server-side copy of a K-layout object, part by part (keeps sizes exact).
+
+    Part 1 is copied first: a backend without UploadPartCopy (rclone serve s3 answers 200 and
+    stores an empty part; others a 4xx or 501) makes the copy fall back to decrypting and
+    re-encrypting each part through the proxy, with the same part boundaries. Failures are
+    4xx, 501 or 503, never 500: clients retry a 500."""
     from multidict import CIMultiDictProxy
 
     assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
@@ -400,18 +405,33 @@ async def copy_multipart(
         tags = await _source_tagging(ctx, src_bucket, src_key, vq)
         if tags:
             create_headers["x-amz-tagging"] = tags
-    resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
-    if resp.status != 200:
-        return await backend_error(ctx, resp)
-    m = _UPLOAD_ID.search(await read_at_most(resp, 1 << 20))
-    resp.release()
-    if m is None:
-        raise S3Error("InternalError", "backend returned no UploadId", 500)
-    upload_id = m.group(1).decode()
+
+    async def create_upload() -> str | web.StreamResponse:
+        resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
+        if resp.status != 200:
+            return await backend_error(ctx, resp)
+        m = _UPLOAD_ID.search(await read_at_most(resp, 1 << 20))
+        resp.release()
+        if m is None:
+            raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
+        return unescape(m.group(1).decode())
+
+    async def abort_upload(upload_id: str) -> None:
+        try:
+            r2 = await backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", upload_id)])
+            r2.release()
+        except Exception:  # noqa: BLE001 - best effort; the original error is what the client sees
+            log.warning("copy_abort_failed", bucket=ctx.bucket)
+
+    created = await create_upload()
+    if not isinstance(created, str):
+        return created
+    upload_id = created
     source = backend.copy_source(src_bucket, src_key, vq[0][1] if vq else None)
     sem = asyncio.Semaphore(8)
 
-    async def copy_part(i: int, off: int, c: int) -> str:
+    async def copy_part(i: int, off: int, c: int) -> str | None:
+        """The part's ETag, or None when the backend has no (working) UploadPartCopy."""
         async with sem:
             r = await backend.request(
                 "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(i)), ("uploadId", upload_id)],
@@ -421,34 +441,101 @@ async def copy_multipart(
             data = await read_at_most(r, 1 << 16)
             r.release()
             em = re.search(rb"<ETag>([^<]*)</ETag>", data)
-            if r.status != 200 or em is None:
-                raise S3Error("InternalError", f"server-side copy of part {i} failed ({r.status})", 500)
-            return em.group(1).decode()
+            if r.status == 200 and em is not None:
+                return unescape(em.group(1).decode())
+            if r.status == 412:
+                raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
+            if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
+                return None
+            raise S3Error("ServiceUnavailable", f"server-side copy of part {i} failed ({r.status})", 503)
 
     try:
-        etags = await asyncio.gather(*(copy_part(i + 1, off, c) for i, (off, c) in enumerate(table)))
-        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{e}</ETag></Part>" for i, e in enumerate(etags))
+        first = await copy_part(1, *table[0])
+        if first is None:
+            await abort_upload(upload_id)
+            upload_id = ""
+            fallback = await create_upload()
+            if not isinstance(fallback, str):
+                return fallback
+            upload_id = fallback
+            log.info("copy_reencrypt_fallback", bucket=ctx.bucket, parts=len(table))
+            etags = await _reencrypt_parts(ctx, src_bucket, src_key, vq, env, etag, total, table, upload_id)
+        else:
+            rest = await asyncio.gather(*(copy_part(i + 1, off, c) for i, (off, c) in enumerate(table) if i > 0))
+            if any(e is None for e in rest):
+                raise S3Error("ServiceUnavailable", "server-side copy of a part failed", 503)
+            etags = [first, *(e for e in rest if e is not None)]
+        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>" for i, e in enumerate(etags))
         xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
         r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml)
         data = await read_at_most(r, 1 << 20)
         r.release()
         em = re.search(rb"<ETag>([^<]*)</ETag>", data)
         if r.status != 200 or em is None:
-            raise S3Error("InternalError", "completing the server-side copy failed", 500)
+            raise S3Error("ServiceUnavailable", f"completing the copy failed ({r.status})", 503)
     except BaseException:
-        r2 = await backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", upload_id)])
-        r2.release()
+        if upload_id:
+            await abort_upload(upload_id)
         raise
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
     hdrs = CIMultiDict({"x-amz-request-id": ctx.request_id})
     if "x-amz-version-id" in r.headers:
         hdrs["x-amz-version-id"] = r.headers["x-amz-version-id"]
     hdrs.update(sse.response_headers(ctx, new_env))
-    from xml.sax.saxutils import unescape
-
     return web.Response(
         status=200, body=copy_result_xml(unescape(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
     )
+
+
+async def _reencrypt_parts(
+    ctx: Ctx, src_bucket: str, src_key: str, vq: list[tuple[str, str]], env: Envelope, etag: str, total: int,
+    table: list[tuple[int, int]], upload_id: str,
+) -> list[str]:
+    """Copy a K object's parts through the proxy: decrypt each source part (authenticated) and
+    encrypt it again as the same-numbered part of ``upload_id``, streaming (bounded memory).
+    Same DEK and object id as the source (``rebind`` keeps both), same part sizes."""
+    dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
+    sealed = Sealed(env, dek)
+    sem = asyncio.Semaphore(4)
+    spans, p_off = [], 0
+    for _, c in table:
+        spans.append((p_off, c - sizes.K_PART_OVERHEAD))
+        p_off += c - sizes.K_PART_OVERHEAD
+
+    async def one(pn: int, start: int, p: int) -> str:
+        async with sem:
+            plaintext = _decrypt_range(ctx, sealed, table, total, start, start + p, etag, b"", vq, src_bucket, src_key)
+            enc = KPartEncryptor(dek, env.object_id, pn, p)
+
+            async def ciphertext() -> AsyncIterator[bytes | bytearray | memoryview]:
+                yield enc.header()
+                async for piece in plaintext:
+                    out = enc.update(piece)
+                    if out:
+                        yield memoryview(out)
+                yield memoryview(enc.finalize())
+
+            try:
+                r = await send_streamed(
+                    ctx, "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(pn)), ("uploadId", upload_id)],
+                    headers={}, body=ciphertext(), content_length=sizes.k_part_ciphertext_size(p),
+                )
+            except aiohttp.ClientError as e:
+                raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+            await r.read()
+            r.release()
+            e_tag = r.headers.get("ETag")
+            if r.status != 200 or not e_tag:
+                if r.status >= 500 and r.status != 501:
+                    raise S3Error("ServiceUnavailable", f"uploading part {pn} of the copy failed ({r.status})", 503)
+                raise S3Error("NotImplemented", "The storage backend supports neither UploadPartCopy nor this copy.", 501)
+            ctx.state.metrics.encrypted.inc(p)
+            return e_tag
+
+    try:
+        return list(await asyncio.gather(*(one(i + 1, s, p) for i, (s, p) in enumerate(spans))))
+    finally:
+        dek[:] = bytes(len(dek))
 
 
 __all__ = ["META", "escape", "unseal"]

@@ -43,6 +43,7 @@ from s3proxy.http.auth import RequestBody
 from s3proxy.http.errors import S3Error
 from s3proxy.http.handlers import (
     Ctx,
+    SendWatchdog,
     backend_error,
     forward_headers,
     read_at_most,
@@ -169,8 +170,9 @@ def out_headers(ctx: Ctx, backend_headers: Mapping[str, str], env: Envelope) -> 
     return hdrs
 
 
-def abort_connection(ctx: Ctx) -> None:
-    ctx.state.metrics.integrity_failures.inc()
+def abort_connection(ctx: Ctx, *, integrity: bool = True) -> None:
+    if integrity:
+        ctx.state.metrics.integrity_failures.inc()
     transport = ctx.request.transport
     if transport is not None:
         transport.abort()
@@ -195,6 +197,16 @@ def cond_headers(ctx: Ctx, prefix: str = "") -> dict[str, str]:
         if name.startswith(prefix) and name[len(prefix):] in CONDITIONAL:
             base = name[len(prefix):]
             out[base] = quote_etags(v) if base in ("if-match", "if-none-match") else v
+    return out
+
+
+def read_headers(ctx: Ctx) -> dict[str, str]:
+    """Headers a read (GET/HEAD) forwards: the conditions, and ``Origin`` so that the backend adds
+    the bucket's CORS response headers (kept by ``out_headers``)."""
+    out = cond_headers(ctx)
+    origin = ctx.request.headers.get("Origin")
+    if origin is not None:
+        out["origin"] = origin
     return out
 
 
@@ -253,7 +265,7 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
     part_number = ctx.route.q("partNumber")
     resp = await ctx.state.backend.request(
-        "HEAD", bucket, key, query=version_query(ctx), headers=cond_headers(ctx)
+        "HEAD", bucket, key, query=version_query(ctx), headers=read_headers(ctx)
     )
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -261,7 +273,7 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
     env = read_envelope(resp.headers)
     if env is None:
         if ctx.bucket_settings.allow_unencrypted_reads:
-            return await relay(ctx, await ctx.state.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=cond_headers(ctx)))
+            return await relay(ctx, await ctx.state.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=read_headers(ctx)))
         raise unencrypted(ctx)
     sse.check_customer_key(ctx, env)
     # HEAD answers only for an object whose envelope is bound to this bucket and key, as GET
@@ -271,19 +283,24 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
         sealed.dek[:] = bytes(len(sealed.dek))
     ct_total = backend_length(resp.headers)
     etag = resp.headers.get("ETag")
+    if env.layout == "K":
+        from s3proxy.http.listing import learn_multipart_etag
+
+        learn_multipart_etag(ctx, etag)
     size = await resolve_size(ctx, bucket, key, env, etag or "", ct_total)
     hdrs = out_headers(ctx, resp.headers, env)
     status = 200
     if part_number is not None:
         pn = _part_number(part_number)
+        _check_no_range(ctx)
         table = await part_table(ctx, bucket, key, env, etag or "", ct_total, None)
-        if pn > len(table):
-            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+        _check_part_exists(pn, len(table))
         start, c_part = table[pn - 1]
         p_start = start - (pn - 1) * (sizes.K_PART_OVERHEAD if env.layout == "K" else 0)
         plen = c_part - sizes.K_PART_OVERHEAD if env.layout == "K" else size
         hdrs["Content-Range"] = f"bytes {p_start}-{p_start + plen - 1}/{size}" if plen else f"bytes */{size}"
-        hdrs["x-amz-mp-parts-count"] = str(len(table))
+        if env.layout == "K":
+            hdrs["x-amz-mp-parts-count"] = str(len(table))
         size, status = plen, 206
     hdrs["Accept-Ranges"] = "bytes"
     out = web.StreamResponse(status=status, headers=hdrs)
@@ -298,6 +315,25 @@ def _part_number(value: str) -> int:
     if n is None or not 1 <= n <= 10000:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
     return n
+
+
+# GET/HEAD ?partNumber=N, as AWS S3 answers (AWS-recorded responses in LocalStack's
+# tests/aws/services/s3/test_s3.py::test_get_object_part, recorded 2026-02): N beyond the object's
+# parts is 416 InvalidPartNumber "The requested partnumber is not satisfiable" with
+# PartNumberRequested and ActualPartCount (1 for an object not uploaded in parts; HEAD: no body);
+# partNumber=1 of such an object is a 206 of the whole object without x-amz-mp-parts-count;
+# partNumber with a Range header is 400 InvalidRequest.
+def _check_no_range(ctx: Ctx) -> None:
+    if "Range" in ctx.request.headers:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter", 400)
+
+
+def _check_part_exists(pn: int, parts: int) -> None:
+    if pn > parts:
+        raise S3Error(
+            "InvalidPartNumber", "The requested partnumber is not satisfiable", 416,
+            extra={"PartNumberRequested": str(pn), "ActualPartCount": str(parts)},
+        )
 
 
 async def get_object(ctx: Ctx) -> web.StreamResponse:
@@ -317,6 +353,10 @@ async def _segments(
     """Ciphertext [start, total) fetched as concurrent ranged GETs, yielded in order."""
     cfg = ctx.state.settings.backend
     seg, window = cfg.get_segment_size, cfg.get_parallelism
+    if ctx.state.backend.spare_connections() < max(window * 2, cfg.max_connections // 4):
+        # A busy pool: one connection per GET, so a few large reads cannot take the
+        # connections every other request needs (per-identity limits count requests).
+        window = 1
     starts = iter(range(start, total, seg))
     pending: collections.deque[asyncio.Task[bytes]] = collections.deque()
 
@@ -341,7 +381,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
     backend_cfg = ctx.state.settings.backend
     parallel = backend_cfg.get_parallelism > 1
-    headers = cond_headers(ctx)
+    headers = read_headers(ctx)
     if parallel:
         # The first segment comes with the metadata; the rest, if any, in parallel.
         headers["Range"] = f"bytes=0-{backend_cfg.get_segment_size - 1}"
@@ -399,19 +439,23 @@ async def send_plaintext(
 ) -> web.StreamResponse:
     """Write authenticated plaintext to a prepared response: exactly ``length`` bytes or an aborted connection."""
     sent = 0
+    watchdog = SendWatchdog(ctx)
     try:
         if first:
             sent += len(first)
-            await out.write(first)
+            await watchdog.write(out, first)
         async for piece in pieces:
             sent += len(piece)
             if sent > length:  # more plaintext than the (unauthenticated) length promised
                 raise integrity_error()
-            await out.write(piece)
+            await watchdog.write(out, piece)
     except BaseException as e:
-        # Headers are out: the only honest signal left is a broken connection.
-        abort_connection(ctx)
+        # Headers are out: the only honest signal left is a broken connection.  Only a failed
+        # authentication counts as an integrity failure, not a client that went away.
+        abort_connection(ctx, integrity=isinstance(e, FormatError | S3Error) and not watchdog.timed_out)
         raise ConnectionResetError(f"GetObject aborted mid-body: {type(e).__name__}") from None
+    finally:
+        watchdog.close()
     if sent != length:
         abort_connection(ctx)
         raise ConnectionResetError("GetObject size mismatch")
@@ -533,7 +577,7 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     q = version_query(ctx)
     probe = await ctx.state.backend.request(
         "GET", bucket, key, query=_passthrough_query(ctx),
-        headers={**cond_headers(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
+        headers={**read_headers(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
     )
     if probe.status not in (200, 206):
         if probe.status == 416:
@@ -561,12 +605,13 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     hdrs["Accept-Ranges"] = "bytes"
     if part_number is not None:
         pn = _part_number(part_number)
-        if pn > len(table):
-            raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable", 416)
+        _check_no_range(ctx)
+        _check_part_exists(pn, len(table))
         OVH = sizes.K_PART_OVERHEAD if env.layout == "K" else 0
         start = table[pn - 1][0] - (pn - 1) * OVH
         end = start + (table[pn - 1][1] - OVH if env.layout == "K" else size)
-        hdrs["x-amz-mp-parts-count"] = str(len(table))
+        if env.layout == "K":
+            hdrs["x-amz-mp-parts-count"] = str(len(table))
     else:
         rng = parse_range(ctx.request.headers.get("Range"))
         assert rng is not None
@@ -591,7 +636,7 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
 async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
     if not ctx.bucket_settings.allow_unencrypted_reads:
         raise unencrypted(ctx)
-    hdrs = cond_headers(ctx)
+    hdrs = read_headers(ctx)
     if "Range" in ctx.request.headers:
         hdrs["Range"] = ctx.request.headers["Range"]
     return await relay(ctx, await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=list(ctx.route.query), headers=hdrs))
@@ -765,10 +810,36 @@ async def open_copy_source(ctx: Ctx, op: str) -> CopySource:
     return CopySource(bucket, key, version, vq, head, env, dek)
 
 
+# A copy onto itself must change something, as on AWS S3: the metadata (REPLACE directive), the
+# storage class, the website redirect location or the encryption.  A header naming any of these
+# counts even when its value equals the object's; a copy of a named source version (a restore) is
+# always allowed.  Followed: the CopyObject error text, and AWS-recorded responses in LocalStack's
+# tests/aws/services/s3/test_s3.py (test_s3_copy_object_in_place*: storage class / redirect / SSE
+# headers allow it, a metadata header without REPLACE or an ACL header does not).
+SELF_COPY_MESSAGE = (
+    "This copy request is illegal because it is trying to copy an object to itself without changing the "
+    "object's metadata, storage class, website redirect location or encryption attributes."
+)
+_SELF_COPY_CHANGES = ("x-amz-storage-class", "x-amz-website-redirect-location", sse.SSE, sse.C_ALG)
+
+
+def check_self_copy(ctx: Ctx, src: CopySource) -> None:
+    if (src.bucket, src.key) != (ctx.bucket, ctx.key) or src.version is not None:
+        return
+    h = ctx.request.headers
+    if h.get("x-amz-metadata-directive", "").upper() == "REPLACE" or any(n in h for n in _SELF_COPY_CHANGES):
+        return
+    if src.env.wrapped.backend == "sse-c":
+        return  # no destination customer key: the copy drops SSE-C, an encryption change
+    src.dek[:] = bytes(len(src.dek))
+    raise S3Error("InvalidRequest", SELF_COPY_MESSAGE, 400)
+
+
 async def copy_object(ctx: Ctx) -> web.StreamResponse:
     from s3proxy.http import multipart
 
     src = await open_copy_source(ctx, "CopyObject")
+    check_self_copy(ctx, src)
     src_bucket, src_key, src_version, vq, head, env, src_dek = (
         src.bucket, src.key, src.version, src.vq, src.head, src.env, src.dek
     )
