@@ -44,13 +44,15 @@ def plaintext_from_listing(size: int, etag: bytes) -> int | None:
         return None
 
 
-def _fix_entry(m: re.Match[bytes]) -> bytes:
+def _fix_entry(m: re.Match[bytes], *, strict: bool = False) -> bytes:
     body = m.group(2)
     sm, em = _SIZE.search(body), _ETAG.search(body)
     if sm is None or em is None:
         return m.group(0)
     plain = plaintext_from_listing(int(sm.group(1)), em.group(1))
     if plain is None:
+        if strict:
+            raise _Hidden
         return m.group(0)
     body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
     body = _CHECKSUM_EL.sub(b"", body)
@@ -60,6 +62,14 @@ def _fix_entry(m: re.Match[bytes]) -> bytes:
 
 def rewrite_listing(xml: bytes) -> bytes:
     return _ENTRY.sub(_fix_entry, xml)
+
+
+class _Hidden(Exception):
+    """An entry whose layout the listing does not show (see resolve_listing)."""
+
+
+def _fix_entry_or_hidden(m: re.Match[bytes]) -> bytes:
+    return _fix_entry(m, strict=True)
 
 
 def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
@@ -167,6 +177,10 @@ def _memo(ctx: Ctx) -> _Memo:
     return memo
 
 
+def multipart_etags_known(ctx: Ctx) -> bool:
+    return _memo(ctx).minus_n is not None
+
+
 def learn_multipart_etag(ctx: Ctx, etag: str | None) -> None:
     """A K-layout object read by HEAD/GET tells whether this backend's multipart ETags end in
     "-N" (used by ``auto``; a pinned ``multipart_etags`` setting is never overridden)."""
@@ -199,6 +213,12 @@ def _needs_head(size: int, etag: bytes, minus_n: bool | None) -> bool:
 async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
     """The listing with plaintext sizes; HEADs only the entries whose layout the listing hides."""
     memo = _memo(ctx)
+    if memo.minus_n is True:
+        # The common case (AWS, MinIO, Ceph): every layout shows in the listing; one pass.
+        try:
+            return _ENTRY.sub(_fix_entry_or_hidden, xml)
+        except _Hidden:
+            pass
     entries = list(_ENTRY.finditer(xml))
     fields = [_entry_fields(m.group(2)) for m in entries]
     if any(f is not None and _PARTS.search(f[1].strip()) for f in fields):
@@ -206,14 +226,18 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
     minus_n = memo.minus_n  # one decision for the whole page
     url_keys = ctx.route.q("encoding-type") == "url"
     todo: dict[tuple[str, str, str, int], str | None] = {}
+    hidden = False
     for m, f in zip(entries, fields, strict=True):
         if f is None or not _needs_head(f[0], f[1], minus_n):
             continue
+        hidden = True
         ck = _cache_key(ctx, m.group(2), f, url_keys)
         if ck is not None and ck not in memo.sizes:
             vm = _VERSION_ID.search(m.group(2))
             vid = unescape(vm.group(1).decode()) if vm and m.group(1) == b"Version" else None
             todo[ck] = None if vid in (None, "null") else vid
+    if not hidden:
+        return rewrite_listing(xml)  # every layout shows in the listing: one pass, no lookups
     if todo:
         sem = asyncio.Semaphore(LISTING_HEADS)
 

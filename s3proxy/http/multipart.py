@@ -333,7 +333,26 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
     out = _CHECKSUM_EL.sub(b"", out)
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))])
     _sse_headers_for_upload(ctx, hdrs, wrapped)
+    await _learn_multipart_etags(ctx)
     return web.Response(status=200, body=out, headers=hdrs)
+
+
+async def _learn_multipart_etags(ctx: Ctx) -> None:
+    """The first multipart object this process completes tells (one HEAD, once) whether the
+    backend keeps "-N" on multipart ETags, so listings need no HEADs from then on (issue 16).
+    The ETag of the Complete answer itself is no proof: rclone serve s3 answers "-N" there but
+    lists and HEADs a plain ETag."""
+    from s3proxy.http import listing
+
+    if ctx.state.settings.backend.multipart_etags != "auto" or listing.multipart_etags_known(ctx):
+        return
+    try:
+        resp = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key)
+    except aiohttp.ClientError:
+        return
+    resp.release()
+    if resp.status == 200:
+        listing.learn_multipart_etag(ctx, resp.headers.get("ETag"))
 
 
 async def abort(ctx: Ctx) -> web.StreamResponse:
