@@ -21,6 +21,7 @@ import shutil
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -308,8 +309,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     from s3proxy.server import serve
 
+    return _run_server(lambda: serve(settings, args.workers), settings)
+
+
+def _run_server(run: Callable[[], None], settings: Settings) -> int:
+    """Run a server until it stops; a bind failure is one line and EXIT_STARTUP, Ctrl-C is 0."""
     try:
-        serve(settings, args.workers)
+        run()
     except OSError as e:
         message = _bind_failure(e, settings)
         if message is None:
@@ -492,17 +498,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         finally:
             await runner.cleanup()
 
-    try:
-        asyncio.run(main())
-    except OSError as e:
-        message = _bind_failure(e, settings)
-        if message is None:
-            raise
-        print(f"s3proxy: {message}", file=sys.stderr, flush=True)
-        return EXIT_STARTUP
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return _run_server(lambda: asyncio.run(main()), settings)
 
 
 def cmd_rewrap(args: argparse.Namespace) -> int:

@@ -220,8 +220,11 @@ def _part_number(ctx: Ctx) -> int:
 
 
 async def _send_part(
-    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int, plaintext: AsyncIterator[bytes | bytearray | memoryview]
+    ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int,
+    plaintext: AsyncIterator[bytes | bytearray | memoryview], headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
+    """Encrypt ``plaintext`` (``p`` bytes) as K part ``pn`` and stream it to the backend upload;
+    ``headers`` default to the client's, without its copy-source headers."""
     enc = KPartEncryptor(dek, object_id, pn, p)
 
     async def ciphertext() -> AsyncIterator[bytes | bytearray | memoryview]:
@@ -233,10 +236,11 @@ async def _send_part(
         yield memoryview(enc.finalize())
 
     query = [("partNumber", str(pn)), ("uploadId", backend_id)]
+    if headers is None:
+        headers = {k: v for k, v in forward_headers(ctx.request.headers, body_changed=True).items()
+                   if not k.startswith("x-amz-copy-source")}
     return await send_streamed(
-        ctx, "PUT", ctx.bucket, ctx.key, query=query,
-        headers={k: v for k, v in forward_headers(ctx.request.headers, body_changed=True).items()
-                 if not k.startswith("x-amz-copy-source")},
+        ctx, "PUT", ctx.bucket, ctx.key, query=query, headers=headers,
         body=ciphertext(), content_length=sizes.k_part_ciphertext_size(p),
     )
 
@@ -524,21 +528,8 @@ async def _reencrypt_parts(
     async def one(pn: int, start: int, p: int) -> str:
         async with sem:
             plaintext = _decrypt_range(ctx, sealed, table, total, start, start + p, etag, b"", vq, src_bucket, src_key)
-            enc = KPartEncryptor(dek, env.object_id, pn, p)
-
-            async def ciphertext() -> AsyncIterator[bytes | bytearray | memoryview]:
-                yield enc.header()
-                async for piece in plaintext:
-                    out = enc.update(piece)
-                    if out:
-                        yield memoryview(out)
-                yield memoryview(enc.finalize())
-
             try:
-                r = await send_streamed(
-                    ctx, "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(pn)), ("uploadId", upload_id)],
-                    headers={}, body=ciphertext(), content_length=sizes.k_part_ciphertext_size(p),
-                )
+                r = await _send_part(ctx, upload_id, pn, dek, env.object_id, p, plaintext, headers={})
             except aiohttp.ClientError as e:
                 raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
             await r.read()

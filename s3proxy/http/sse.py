@@ -146,29 +146,37 @@ async def unwrap_key(
     return await ctx.state.keys.data_key_for_read(wrapped, dict(context), audit_info(ctx, op, bucket, key))  # type: ignore[no-any-return]
 
 
-def check_customer_key(ctx: Ctx, env: Envelope) -> None:
-    """HEAD/GET: SSE-C objects need the key; others must not be sent one."""
-    ck = _ck(ctx)
+_KEY_MESSAGES = {
+    "": ("The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.",
+         "The provided SSE-C key does not match the object's key.",
+         "The encryption parameters are not applicable to this object."),
+    CS_PREFIX: ("The source object was stored using SSE-C; provide the copy-source customer key.",
+                "The provided copy-source SSE-C key does not match the source object's key.",
+                "The copy-source encryption parameters are not applicable to this object."),
+}
+
+
+def _check_key(ctx: Ctx, env: Envelope, prefix: str) -> None:
+    missing, wrong, unexpected = _KEY_MESSAGES[prefix]
+    ck = _ck(ctx, prefix)
     if env.wrapped.backend == "sse-c":
         if ck is None:
-            raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.", 400)
+            raise S3Error("InvalidRequest", missing, 400)
         if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
-            raise S3Error("AccessDenied", "The provided SSE-C key does not match the object's key.", 403)
+            raise S3Error("AccessDenied", wrong, 403)
     elif ck is not None:
-        raise S3Error("InvalidRequest", "The encryption parameters are not applicable to this object.", 400)
+        raise S3Error("InvalidRequest", unexpected, 400)
+
+
+def check_customer_key(ctx: Ctx, env: Envelope) -> None:
+    """HEAD/GET: SSE-C objects need the key; others must not be sent one."""
+    _check_key(ctx, env, "")
 
 
 def check_copy_source_key(ctx: Ctx, env: Envelope) -> None:
     """CopyObject/UploadPartCopy: an SSE-C source needs its key (x-amz-copy-source-server-side-encryption-customer-*);
     other sources must not be sent one."""
-    ck = _ck(ctx, CS_PREFIX)
-    if env.wrapped.backend == "sse-c":
-        if ck is None:
-            raise S3Error("InvalidRequest", "The source object was stored using SSE-C; provide the copy-source customer key.", 400)
-        if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
-            raise S3Error("AccessDenied", "The provided copy-source SSE-C key does not match the source object's key.", 403)
-    elif ck is not None:
-        raise S3Error("InvalidRequest", "The copy-source encryption parameters are not applicable to this object.", 400)
+    _check_key(ctx, env, CS_PREFIX)
 
 
 def response_headers(ctx: Ctx, env: Envelope) -> dict[str, str]:

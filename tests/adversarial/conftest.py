@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,17 @@ def victim(attack_proxy: Proxy) -> Any:
 @pytest.fixture()
 def mallory(attack_proxy: Proxy) -> Any:
     return attack_proxy.client(MALLORY_AK, MALLORY_SK)
+
+
+@pytest.fixture()
+def enc_bucket(victim: Any) -> Iterator[str]:
+    """A fresh encrypted bucket of the victim's, emptied and removed afterwards."""
+    name = "adv-" + uuid.uuid4().hex[:12]
+    victim.create_bucket(Bucket=name)
+    yield name
+    for o in victim.list_objects_v2(Bucket=name).get("Contents", []):
+        victim.delete_object(Bucket=name, Key=o["Key"])
+    victim.delete_bucket(Bucket=name)
 
 
 @pytest.fixture()

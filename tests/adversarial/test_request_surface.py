@@ -34,16 +34,6 @@ SKIPPING = [
 ]
 
 
-@pytest.fixture()
-def enc_bucket(victim: Any) -> Any:
-    name = "adv-" + uuid.uuid4().hex[:12]
-    victim.create_bucket(Bucket=name)
-    yield name
-    for o in victim.list_objects_v2(Bucket=name).get("Contents", []):
-        victim.delete_object(Bucket=name, Key=o["Key"])
-    victim.delete_bucket(Bucket=name)
-
-
 @pytest.mark.parametrize(("method", "query"), SKIPPING)
 def test_subresource_writes_never_store_plaintext(attack_proxy: Any, storage: Any, enc_bucket: str, method: str, query: str) -> None:
     key = "obj-" + uuid.uuid4().hex[:8]

@@ -6,7 +6,6 @@ started, a broken connection); never forged bytes, never a 500 from what the bac
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -15,16 +14,6 @@ from tests.conftest import CLIENT_AK, CLIENT_SK
 from tests.integration.helpers import multipart_upload, object_url, send_signed, sign
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture()
-def enc_bucket(victim: Any) -> Any:
-    name = "adv-" + uuid.uuid4().hex[:12]
-    victim.create_bucket(Bucket=name)
-    yield name
-    for o in victim.list_objects_v2(Bucket=name).get("Contents", []):
-        victim.delete_object(Bucket=name, Key=o["Key"])
-    victim.delete_bucket(Bucket=name)
 
 
 def envelope_of(storage: Any, bucket: str, key: str) -> dict[str, str]:

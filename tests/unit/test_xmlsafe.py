@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from s3proxy.http.xmlsafe import (
     tagging,
     tagging_xml,
 )
+from tests.fuzz.helpers import no_hang
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -491,20 +490,6 @@ def test_serialise_refuses_unrepresentable_characters(text: str) -> None:
 
 
 # --- properties -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def no_hang(seconds: float = 10.0) -> Iterator[None]:
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"no result after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 READERS: list[Callable[[bytes], object]] = [parse, complete_parts, delete_objects, tagging, generic]
