@@ -377,6 +377,13 @@ async def run_until_stopped(
         # Stop accepting and wait for in-flight handlers (up to shutdown_timeout); the
         # admin listener stays up meanwhile so /readyz reports the drain.
         await runner.cleanup()
+        # A finished handler's last bytes may still sit in its transport's buffer (a slow
+        # client); transport.close() flushes them only while the loop runs.  Wait for the
+        # connections to close (bounded) so the process does not exit with a body cut short.
+        limiter = app[STATE].limiter
+        deadline = loop.time() + settings.shutdown_timeout
+        while limiter.connections > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
         if admin_runner is not None:
             await admin_runner.cleanup()
         log.info("server.stopped")
