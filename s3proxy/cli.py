@@ -1,4 +1,4 @@
-"""Command line: ``s3proxy serve | dev | rewrap | check-config``.
+"""Command line: ``s3proxy serve | dev | rewrap | check-config | doctor``.
 
 Start-up failures (configuration, keys, TLS files, an address already in
 use, ...) end with one ``s3proxy: ...`` line on stderr and exit code 2, never
@@ -510,6 +510,54 @@ def cmd_rewrap(args: argparse.Namespace) -> int:
     return asyncio.run(run_rewrap(settings, args))
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from s3proxy.doctor import run_doctor
+
+    settings = _load(args)
+    _check_backend(settings)
+    bucket = args.bucket or settings.backend.probe_bucket
+    if not bucket:
+        _fail("doctor needs a bucket to probe in: --bucket B, or backend.probe_bucket / S3PROXY_BACKEND_PROBE_BUCKET")
+    for w in backend_warnings(settings):
+        _warn(w)
+    return run_doctor(settings, bucket, with_round_trip=not args.no_round_trip)
+
+
+def _add_doctor(sub: Any) -> None:
+    d = _subparser(sub, "doctor", "check what the backend can do (run before going live)",
+                   "Probe the configured backend in one bucket (scratch objects under .s3proxy-probe/<random>/, "
+                   "all deleted) and print each capability, what s3proxy does about it, and a verdict.  "
+                   "Exit 0: OK; 1: WARN (s3proxy works, some things degrade); 2: FAIL (s3proxy cannot work "
+                   "correctly with this backend) or a configuration problem.")
+    d.add_argument("--bucket", help="existing bucket to probe in (default: backend.probe_bucket)")
+    d.add_argument("--no-round-trip", action="store_true",
+                   help="skip the PUT/GET/multipart/listing/copy round trip through an in-process s3proxy "
+                        "(default: run it)")
+    d.set_defaults(func=cmd_doctor)
+
+
+def _add_decrypt(sub: Any) -> None:
+    from s3proxy.recover import add_parser
+
+    add_parser(sub)
+
+
+def _add_migrate(sub: Any) -> None:
+    from s3proxy.migrate import add_parser
+
+    add_parser(sub)
+
+
+def _add_export(sub: Any) -> None:
+    from s3proxy.export import add_parser
+
+    add_parser(sub)
+
+
+# Subcommands added after the built-in ones: functions taking the subparsers object.
+EXTRA_COMMANDS: tuple[Callable[[Any], None], ...] = (_add_doctor, _add_decrypt, _add_migrate, _add_export)
+
+
 # -- parser --------------------------------------------------------------------------
 
 
@@ -596,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resume file (default: .s3proxy-rewrap-<bucket>.json in the current directory)")
     r.add_argument("--no-progress", action="store_true", help="do not print progress (default: print it)")
     r.set_defaults(func=cmd_rewrap)
+    for add in EXTRA_COMMANDS:
+        add(sub)
     return p
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from s3proxy.keys.settings import KeysSettings, keys_env_overrides
 
@@ -56,6 +56,15 @@ class BackendSettings(_Model):
     # object seen without it means no; until then plain-ETag listing entries are HEADed once
     # per ETag so sizes are exact); AWS endpoints (amazonaws.com) start as "yes".
     multipart_etags: Literal["auto", "yes", "no"] = "auto"
+    # What the backend can do (s3proxy.backend.capabilities, docs/BACKENDS.md): a named profile
+    # pins the documented set without a request; "auto" probes ``probe_bucket`` (scratch objects
+    # under .s3proxy-probe/<random>/, all deleted) in the background at start and every
+    # ``probe_interval`` seconds, each probe bounded by ``probe_timeout``.  No ``probe_bucket``:
+    # no probe (never a bucket the operator did not name); "custom": nothing pinned or probed.
+    profile: Literal["auto", "aws", "minio", "ceph", "rclone", "garage", "seaweedfs", "custom"] = "auto"
+    probe_bucket: str | None = None
+    probe_interval: float = Field(3600.0, ge=10)
+    probe_timeout: float = Field(30.0, gt=0, le=300)
 
     @field_validator("url")
     @classmethod
@@ -92,12 +101,51 @@ class Identity(_Model):
     backend_secret_key: SecretStr | None = None
 
 
+class S3ECSettings(_Model):
+    """Reading objects written by the AWS S3 Encryption Client (docs/S3EC.md)."""
+
+    read: bool = False
+    # The KMS key the S3 Encryption Client wrapped its data keys with (through the aws-kms
+    # key backend); required when read is on.
+    kms_key_id: str | None = None
+    # AES-CBC content and the context-free "kms" wrap: unauthenticated, off as in the S3EC.
+    legacy: bool = False
+    # Look for "<key>.instruction" when an object carries no S3EC metadata (one more GET
+    # for every plaintext object; V3 objects that need theirs say so and are always looked up).
+    instruction_files: bool = False
+    instruction_suffix: str = ".instruction"
+    # One GCM tag covers the whole object: it is spooled (ciphertext, to spool_dir) and
+    # checked before a byte is sent.  Larger objects are refused, never sent unchecked.
+    max_object_size: int = Field(default=5 * 1024**3, ge=0)
+    spool_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _key_named(self) -> S3ECSettings:
+        if self.read and not self.kms_key_id:
+            raise ValueError("s3ec.read needs s3ec.kms_key_id: the KMS key the S3 Encryption Client used")
+        return self
+
+
 class BucketSettings(_Model):
     mode: Literal["encrypt", "passthrough"] = "encrypt"
     # Serve objects that lack s3proxy metadata (written around the proxy) as
     # plaintext instead of refusing them.
     allow_unencrypted_reads: bool = False
+    # The same, only for keys under these prefixes: the allowance while `s3proxy migrate`
+    # encrypts a prefix in place (docs/MIGRATION.md); removed once the migration is verified.
+    unencrypted_read_prefixes: tuple[str, ...] = ()
     public_read: bool = False
+    # Envelope v2 (docs/FORMAT.md 8): the client's x-amz-meta-* (and the verified checksum and
+    # MD5 ETag) are stored encrypted inside the envelope; false writes v1 objects with user
+    # metadata in plaintext on the backend (readable by either setting).
+    seal_metadata: bool = True
+    s3ec: S3ECSettings = S3ECSettings()
+
+    def allows_unencrypted(self, key: str | None) -> bool:
+        """Whether an object at ``key`` that has no s3proxy envelope is served as plaintext."""
+        if self.allow_unencrypted_reads:
+            return True
+        return key is not None and any(key.startswith(p) for p in self.unencrypted_read_prefixes)
 
 
 class TLSSettings(_Model):
@@ -192,6 +240,8 @@ _ENV_SHORTCUTS: dict[str, tuple[str, ...]] = {
     "S3PROXY_BACKEND_CA_BUNDLE": ("backend", "ca_bundle"),
     "S3PROXY_BACKEND_MAX_CONNECTIONS": ("backend", "max_connections"),
     "S3PROXY_BACKEND_POOL_TIMEOUT": ("backend", "pool_timeout"),
+    "S3PROXY_BACKEND_PROFILE": ("backend", "profile"),
+    "S3PROXY_BACKEND_PROBE_BUCKET": ("backend", "probe_bucket"),
     "S3PROXY_MAX_CONNECTIONS": ("limits", "max_connections"),
     "S3PROXY_MAX_REQUESTS": ("limits", "max_requests"),
     "S3PROXY_MAX_REQUESTS_PER_IDENTITY": ("limits", "max_requests_per_identity"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -113,6 +114,18 @@ class Metrics:
             "s3proxy_in_flight_requests", "Requests being served", registry=r, multiprocess_mode="livesum"
         )
         self.tls_cert_expiry: Gauge | None = None  # created when TLS is on (see set_tls_cert_expiry)
+        self.backend_capability = Gauge(
+            "s3proxy_backend_capability",
+            "What the storage backend can do (s3proxy.backend.capabilities): 1 for the current value "
+            "(yes, no, unknown) of each capability, 0 for the others",
+            ["capability", "value"], registry=r, multiprocess_mode="livemax",
+        )
+
+    def set_backend_capabilities(self, values: Mapping[str, str]) -> None:
+        """``s3proxy_backend_capability{capability,value}``: one series per value, the current one 1."""
+        for name, current in values.items():
+            for v in ("yes", "no", "unknown"):
+                self.backend_capability.labels(name, v).set(1 if v == current else 0)
 
     def set_tls_cert_expiry(self, not_after: float) -> None:
         """``s3proxy_tls_cert_expiry_timestamp_seconds``: notAfter of the serving certificate.

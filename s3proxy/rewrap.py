@@ -10,7 +10,9 @@ the backend credentials and the configured key backends.  For each object:
    is not bound to its own bucket and key is *not* re-bound: that would
    launder a misplaced object), re-wrap the DEK under the target key
    (``KeyManager.rewrap``: KMS ReEncrypt within aws-kms) and compute the new
-   binding (``rebind``): only ``s3proxy-key``/``-ctx``/``-mac`` change;
+   binding (``rebind``): only ``s3proxy-key``/``-ctx``/``-mac`` change, and
+   for an envelope v2 object the sealed block (``s3proxy-seal``: the client's
+   metadata, checksum and ETag), re-sealed unchanged under the new binding;
 3. rewrite the metadata with a server-side copy of the object onto itself,
    guarded by ``x-amz-copy-source-if-match: <etag>`` so that a concurrent
    overwrite is never clobbered:
@@ -78,13 +80,16 @@ from s3proxy.backend.client import BackendClient
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
     ENVELOPE_KEYS,
+    SEALED_VERSION,
     Envelope,
     decode_metadata,
     encode_metadata,
+    open_seal,
     rebind,
     verify_binding,
 )
 from s3proxy.crypto.format import FormatError, parse_k_header
+from s3proxy.http.router import is_reserved_key
 from s3proxy.keys.audit import AuditInfo
 from s3proxy.keys.base import KeyServiceError, WrappedKey, zeroize
 from s3proxy.keys.registry import build_key_manager
@@ -422,7 +427,9 @@ class Rewrapper:
             for el in root:
                 if _local(el.tag) == "Contents":
                     raw = _child_text(el, "Key") or ""
-                    keys.append(unquote_plus(raw) if url_encoded else raw)
+                    key = unquote_plus(raw) if url_encoded else raw
+                    if not is_reserved_key(key):  # the proxy's own records (.s3proxy/), no envelope
+                        keys.append(key)
             truncated = (_child_text(root, "IsTruncated") or "false").lower() == "true"
             token = _child_text(root, "NextContinuationToken")
             if keys:
@@ -463,7 +470,8 @@ class Rewrapper:
                 headers[name.lower()] = value
         for name, value in src.items():
             lname = name.lower()
-            if lname.startswith(META) and lname[len(META):] not in ENVELOPE_KEYS:
+            # v2: the client's metadata is inside the sealed block; anything else is not the client's
+            if lname.startswith(META) and lname[len(META):] not in ENVELOPE_KEYS and env.version < SEALED_VERSION:
                 headers[lname] = value
         for name, value in encode_metadata(env).items():
             headers[META + name] = value
@@ -535,6 +543,10 @@ class Rewrapper:
                 raise RewrapError(
                     "metadata is not bound to this bucket and key (copied around the proxy?); not re-wrapped"
                 ) from None
+            try:
+                open_seal(env, dek)  # v2: the sealed block is re-sealed under the new binding
+            except FormatError:
+                raise RewrapError("the sealed metadata block does not authenticate; not re-wrapped") from None
             if self.dry_run:
                 return "would", f"{env.wrapped.backend}:{env.wrapped.key_id}"
             new_env = rebind(env, dek, self.bucket, key, wrapped=await self._rewrapped(env, audit))

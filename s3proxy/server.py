@@ -13,6 +13,11 @@ With TLS, ``s3proxy_tls_cert_expiry_timestamp_seconds`` is the serving
 certificate's notAfter, and ``tls.cert_expires_soon`` is logged (a warning)
 when it is less than 14 days away: at start, on every reload and once a day.
 
+What the backend can do (``backend.profile``; with ``auto``, a probe of
+``backend.probe_bucket``) is found in the background after the listeners are up and
+re-probed every ``backend.probe_interval`` (``s3proxy.backend.capabilities``); ``/readyz``
+shows its state under ``checks.capabilities`` without ever failing on it.
+
 ``make_runner`` builds the aiohttp runner (used by the tests too, so they run
 what ships): request bodies are never decompressed (S3 stores a body with
 ``Content-Encoding: gzip`` byte for byte), idle keep-alive connections close
@@ -46,6 +51,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 from s3proxy.app import SLOW_DOWN_MESSAGE, STATE, Limiter, build_app, new_request_id
+from s3proxy.backend.capabilities import CAPABILITIES, Capabilities, CapabilityWatch
 from s3proxy.config import Settings
 from s3proxy.http.errors import error_xml
 from s3proxy.observability import (
@@ -128,6 +134,27 @@ class CertExpiry:
 
 
 KEY_CHECK_TTL = 60.0  # seconds a successful key-service readiness check is reused
+PROBE_CLEANUP_WAIT = 20.0  # seconds a stopping server waits for a capability probe to clean up
+
+
+def apply_capabilities(state: Any, caps: Capabilities) -> None:
+    """Hand what the backend can do to what uses it (``state``: the app's ``AppState``).
+
+    The listing's "-N ETags" knowledge is set only under ``multipart_etags: auto``; when the
+    probe and what the listing learned disagree, "no" wins (HEADs cost time, never
+    exactness).  ``AppState.backend_capabilities`` is there for the copy path and ``/readyz``.
+    """
+    from s3proxy.http import listing
+
+    setattr(state, "backend_capabilities", caps)  # noqa: B010 - AppState is a plain dataclass
+    state.metrics.set_backend_capabilities({n: caps.value(n) for n in CAPABILITIES})
+    minus_n = caps.value("multipart_etags")
+    if state.settings.backend.multipart_etags == "auto" and minus_n != "unknown":
+        memo = getattr(state, "listing_memo", None)
+        if not isinstance(memo, listing._Memo):
+            memo = listing._Memo()
+            setattr(state, "listing_memo", memo)  # noqa: B010
+        memo.minus_n = (minus_n == "yes") and memo.minus_n is not False
 
 
 def build_admin_app(proxy: web.Application) -> web.Application:
@@ -167,6 +194,9 @@ def build_admin_app(proxy: web.Application) -> web.Application:
             except Exception as e:  # noqa: BLE001
                 checks["keys"] = type(e).__name__
                 ok = False
+        watch = getattr(state, "capability_watch", None)
+        if watch is not None and watch.status is not None:
+            checks["capabilities"] = watch.status  # informational: never makes the proxy unready
         if state.draining:
             checks["draining"] = "yes"
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
@@ -343,6 +373,11 @@ async def run_until_stopped(
         cert_expiry = CertExpiry(settings.tls.cert, app[STATE].metrics)
         cert_expiry.load()
         cert_watch = asyncio.create_task(cert_expiry.watch())
+    # What the backend can do: a named profile at once, a probe in the background (never
+    # holding up start), re-probed every backend.probe_interval.
+    watch = CapabilityWatch(app[STATE], log, apply_capabilities)
+    setattr(app[STATE], "capability_watch", watch)  # noqa: B010 - read by /readyz
+    watch_task = asyncio.create_task(watch.run())
     if started is not None:
         res = started(bound)
         if asyncio.iscoroutine(res):
@@ -372,6 +407,9 @@ async def run_until_stopped(
     finally:
         if cert_watch is not None:
             cert_watch.cancel()
+        # A probe under way deletes its scratch objects before the backend session closes.
+        watch_task.cancel()
+        await asyncio.wait({watch_task}, timeout=PROBE_CLEANUP_WAIT)
         app[STATE].draining = True
         log.info("server.draining", deadline_s=settings.shutdown_timeout)
         # Stop accepting and wait for in-flight handlers (up to shutdown_timeout); the

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import re
 import ssl
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +76,13 @@ class _PoolConnector(aiohttp.TCPConnector):
             raise BackendBusy() from None
 
 
+# Characters ``quote(..., safe="/~")`` leaves as they are: such a key or bucket is its own encoding.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*", re.ASCII)
+
+
 def encode_key(key: str) -> str:
+    if _PLAIN.fullmatch(key) is not None:
+        return key
     return quote(key, safe="/~")
 
 
@@ -92,6 +99,7 @@ class BackendClient:
         self._base = settings.url
         self._host = parts.netloc
         self._prefix = parts.path.rstrip("/")
+        self._origin = parts.scheme + "://" + parts.netloc
         self.credentials = BackendCredentials(
             settings.access_key.get_secret_value(), settings.secret_key.get_secret_value()
         )
@@ -140,7 +148,7 @@ class BackendClient:
     def path_for(self, bucket: str | None, key: str | None) -> str:
         path = self._prefix + "/"
         if bucket:
-            path += quote(bucket, safe="")
+            path += bucket if _PLAIN.fullmatch(bucket) is not None and "/" not in bucket else quote(bucket, safe="")
             if key is not None:
                 path += "/" + encode_key(key)
         return path
@@ -167,25 +175,27 @@ class BackendClient:
         assert self._session is not None, "BackendClient.start() not called"
         creds = credentials or REQUEST_CREDENTIALS.get() or self.credentials
         path = self.path_for(bucket, key)
-        hdrs: dict[str, str] = {k.lower(): v for k, v in (headers or {}).items()}
+        hdrs: dict[str, str] = {k.lower(): v for k, v in headers.items()} if headers else {}
+        hdrs.pop("content-length", None)  # set below from the body; never signed
         hdrs["host"] = self._host
+        length: str | None = None
         if body is None:
             payload_hash = EMPTY_SHA256
             if method in ("PUT", "POST"):
-                hdrs["content-length"] = "0"
+                length = "0"
         elif isinstance(body, bytes | bytearray):
             payload_hash = hashlib.sha256(body).hexdigest()
-            hdrs["content-length"] = str(len(body))
+            length = str(len(body))
         else:
             if content_length is None:
                 raise ValueError("streamed bodies need an exact content_length")
             payload_hash = UNSIGNED
-            hdrs["content-length"] = str(content_length)
+            length = str(content_length)
         signed = sign_request(
             method,
             path,
             query,
-            {k: v for k, v in hdrs.items() if k != "content-length"},
+            hdrs,
             payload_hash,
             creds.access_key,
             creds.secret_key,
@@ -193,7 +203,9 @@ class BackendClient:
             datetime.now(UTC),
         )
         hdrs.update(signed)
-        qs = "&".join(f"{_quote_q(k)}={_quote_q(v)}" for k, v in query)
-        url = URL(self._base.split("://", 1)[0] + "://" + self._host + path + (("?" + qs) if qs else ""), encoded=True)
+        if length is not None:
+            hdrs["content-length"] = length
+        qs = "&".join([f"{_quote_q(k)}={_quote_q(v)}" for k, v in query]) if query else ""
+        url = URL(self._origin + path + (("?" + qs) if qs else ""), encoded=True)
         self.requests_sent += 1
         return await self._session.request(method, url, headers=hdrs, data=body, allow_redirects=False)

@@ -1,10 +1,13 @@
-"""The envelope: what an encrypted object stores in its metadata (FORMAT.md 3).
+"""The envelope: what an encrypted object stores in its metadata (FORMAT.md 3 and 8).
 
 An ``Envelope`` holds the format version, the layout, the ``object_id``,
-the wrapped DEK, the encryption context the wrap used and the
-placement-binding MAC. It is encoded as user metadata under the reserved
-prefix ``s3proxy-`` and as a compact upload token appended to multipart
-UploadIds. Pure: no I/O, no asyncio.
+the wrapped DEK, the encryption context the wrap used, the
+placement-binding MAC and (version 2) the sealed block: the client's user
+metadata, the verified checksum and the client-facing ETag, encrypted under
+a key derived from the DEK with the binding as associated data
+(``SealContents``, ``open_seal``). It is encoded as user metadata under the
+reserved prefix ``s3proxy-`` and as a compact upload token appended to
+multipart UploadIds. Pure: no I/O, no asyncio.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import sha256
 from typing import Final, Literal, NamedTuple, cast
 from urllib.parse import quote, unquote
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from s3proxy.crypto.format import (
@@ -33,6 +38,7 @@ from s3proxy.crypto.format import (
     InvalidUploadToken,
     MalformedMetadata,
     MetadataTooLarge,
+    SealAuthenticationFailed,
     UnsupportedFormatVersion,
     _check_dek,
 )
@@ -42,9 +48,12 @@ __all__ = [
     "ENVELOPE_KEYS",
     "METADATA_BUDGET",
     "RESERVED_PREFIX",
+    "SEALED_VERSION",
+    "USER_METADATA_LIMIT",
     "EncryptionContext",
     "Envelope",
     "Layout",
+    "SealContents",
     "UploadToken",
     "decode_metadata",
     "decode_upload_token",
@@ -53,6 +62,7 @@ __all__ = [
     "is_reserved",
     "make_envelope",
     "new_object_id",
+    "open_seal",
     "rebind",
     "verify_binding",
     "verify_upload_token",
@@ -67,8 +77,15 @@ META_OBJECT_ID: Final = "s3proxy-id"
 META_WRAPPED: Final = "s3proxy-key"
 META_CONTEXT: Final = "s3proxy-ctx"
 META_BINDING: Final = "s3proxy-mac"
-ENVELOPE_KEYS: Final = (META_VERSION, META_LAYOUT, META_OBJECT_ID, META_WRAPPED, META_CONTEXT, META_BINDING)
-METADATA_BUDGET: Final = 1536  # bytes of keys + values (without "x-amz-meta-")
+META_SEAL: Final = "s3proxy-seal"
+V1_KEYS: Final = (META_VERSION, META_LAYOUT, META_OBJECT_ID, META_WRAPPED, META_CONTEXT, META_BINDING)
+ENVELOPE_KEYS: Final = (*V1_KEYS, META_SEAL)  # every key of any envelope version
+METADATA_BUDGET: Final = 1536  # v1: bytes of keys + values (without "x-amz-meta-")
+USER_METADATA_LIMIT: Final = 2048  # S3's limit on user metadata (names + values), the client's and the backend's
+SEALED_VERSION: Final = 2  # envelope version with the sealed block (FORMAT.md 8)
+SEAL_LABEL: Final = b"s3proxy.dev/seal@v2"
+SEAL_SALT_SIZE: Final = 24
+SEAL_OVERHEAD: Final = SEAL_SALT_SIZE + 16  # salt + GCM tag
 
 BINDING_LABEL: Final = b"s3proxy.dev/binding@v1"
 BINDING_SIZE: Final = 32
@@ -193,7 +210,8 @@ class EncryptionContext(Mapping[str, str]):
 class Envelope:
     """Everything needed to decrypt an object besides its body and the key backend.
 
-    Nothing here is secret: the DEK appears only wrapped.
+    Nothing here is secret in the clear: the DEK appears only wrapped, and ``seal``
+    (version 2: salt || AES-GCM ciphertext of a ``SealContents``) only encrypted.
     """
 
     version: int
@@ -202,6 +220,65 @@ class Envelope:
     wrapped: WrappedKey
     context: EncryptionContext
     binding: bytes
+    seal: bytes = b""
+
+
+_CHECKSUM_MEMBERS: Final = frozenset(("alg", "v", "type"))
+
+
+@dataclass(frozen=True, slots=True)
+class SealContents:
+    """The plaintext of a v2 sealed block (FORMAT.md 8).
+
+    ``meta``: the client's user metadata (names lower case, without ``x-amz-meta-``);
+    ``checksum``: the verified plaintext checksum ``{"alg", "v", "type"}``;
+    ``etag``: the client-facing ETag (quoted MD5 of the plaintext of a single PUT);
+    ``manifest``: the object promises a completeness manifest (``"mf": 1``, multipart only).
+    """
+
+    meta: Mapping[str, str] = field(default_factory=dict)
+    checksum: Mapping[str, str] | None = None
+    etag: str | None = None
+    manifest: bool = False
+
+    def encode(self) -> bytes:
+        """Canonical JSON: keys sorted, no whitespace, ASCII only (``\\uXXXX`` escapes), empty members omitted."""
+        obj: dict[str, object] = {}
+        if self.meta:
+            obj["m"] = dict(self.meta)
+        if self.checksum is not None:
+            obj["c"] = dict(self.checksum)
+        if self.etag is not None:
+            obj["e"] = self.etag
+        if self.manifest:
+            obj["mf"] = 1
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+    @classmethod
+    def decode(cls, data: bytes) -> SealContents:
+        """The inverse of ``encode``; anything else (unknown members included) is ``MalformedMetadata``."""
+        try:
+            obj = json.loads(data.decode("ascii"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise MalformedMetadata("sealed block is not JSON") from None
+        if not isinstance(obj, dict) or not set(obj) <= {"m", "c", "e", "mf"}:
+            raise MalformedMetadata("sealed block has unknown members")
+        meta, checksum, etag = obj.get("m", {}), obj.get("c"), obj.get("e")
+        mf = obj.get("mf")
+        if mf is not None and not (type(mf) is int and mf == 1):
+            raise MalformedMetadata("sealed manifest promise must be 1")
+        if not _str_map(meta) or (checksum is not None and not (_str_map(checksum) and set(checksum) == _CHECKSUM_MEMBERS)):
+            raise MalformedMetadata("sealed block members must be maps of strings")
+        if etag is not None and not isinstance(etag, str):
+            raise MalformedMetadata("sealed ETag must be a string")
+        contents = cls(meta, checksum, etag, mf is not None)
+        if contents.encode() != data:
+            raise MalformedMetadata("sealed block is not canonical JSON")
+        return contents
+
+
+def _str_map(obj: object) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items())
 
 
 def _lp(data: bytes) -> bytes:
@@ -217,6 +294,7 @@ def _binding_mac(
     context: EncryptionContext,
     bucket: str,
     key: str,
+    seal_size: int = 0,
 ) -> bytes:
     _check_dek(dek)
     mac_key = HKDFExpand(hashes.SHA512(), 32, BINDING_LABEL).derive(dek)
@@ -233,9 +311,57 @@ def _binding_mac(
             _lp(wrapped.algorithm.encode()),
             _lp(bytes(wrapped.blob)),
             _lp(context.canonical_json()),
+            struct.pack(">I", seal_size) if version >= SEALED_VERSION else b"",
         )
     )
     return hmac.new(mac_key, msg, sha256).digest()
+
+
+def _seal_cipher(dek: Buffer, salt: bytes) -> tuple[AESGCM, bytes]:
+    okm = HKDFExpand(hashes.SHA512(), 44, SEAL_LABEL + salt).derive(dek)
+    return AESGCM(okm[:32]), okm[32:]
+
+
+def _build(
+    dek: Buffer,
+    layout: Layout,
+    object_id: bytes,
+    wrapped: WrappedKey,
+    context: EncryptionContext,
+    bucket: str,
+    key: str,
+    sealed: SealContents | None,
+    seal_salt: bytes | None,
+) -> Envelope:
+    if sealed is None:
+        binding = _binding_mac(dek, FORMAT_VERSION, layout, object_id, wrapped, context, bucket, key)
+        return Envelope(FORMAT_VERSION, layout, object_id, wrapped, context, binding)
+    salt = os.urandom(SEAL_SALT_SIZE) if seal_salt is None else bytes(seal_salt)
+    if len(salt) != SEAL_SALT_SIZE:
+        raise ValueError(f"seal salt must be {SEAL_SALT_SIZE} bytes")
+    plaintext = sealed.encode()
+    size = len(plaintext) + SEAL_OVERHEAD
+    binding = _binding_mac(dek, SEALED_VERSION, layout, object_id, wrapped, context, bucket, key, size)
+    aead, nonce = _seal_cipher(dek, salt)
+    seal = salt + aead.encrypt(nonce, plaintext, binding)
+    return Envelope(SEALED_VERSION, layout, object_id, wrapped, context, binding, seal)
+
+
+def open_seal(env: Envelope, dek: Buffer) -> SealContents | None:
+    """The sealed block's contents (None for a v1 envelope), authenticated under ``dek`` with the
+    binding as associated data: call ``verify_binding`` first. A block edited, cut, or taken from
+    another object (another binding) is ``SealAuthenticationFailed``."""
+    if env.version < SEALED_VERSION:
+        return None
+    _check_dek(dek)
+    if len(env.seal) < SEAL_OVERHEAD:
+        raise SealAuthenticationFailed("sealed block too short")
+    aead, nonce = _seal_cipher(dek, env.seal[:SEAL_SALT_SIZE])
+    try:
+        plaintext = aead.decrypt(nonce, env.seal[SEAL_SALT_SIZE:], env.binding)
+    except InvalidTag:
+        raise SealAuthenticationFailed("sealed metadata does not authenticate") from None
+    return SealContents.decode(plaintext)
 
 
 def _check_layout(layout: str) -> Layout:
@@ -252,20 +378,23 @@ def make_envelope(
     context: Mapping[str, str],
     bucket: str,
     key: str,
+    *,
+    sealed: SealContents | None = None,
+    seal_salt: bytes | None = None,
 ) -> Envelope:
-    """A version-1 envelope for a new object at ``bucket``/``key``, binding computed."""
+    """The envelope for a new object at ``bucket``/``key``, binding computed: version 1, or
+    version 2 with ``sealed`` encrypted into its sealed block (``seal_salt``: for test vectors)."""
     layout = _check_layout(layout)
     if len(object_id) != OBJECT_ID_SIZE:
         raise ValueError(f"object id must be {OBJECT_ID_SIZE} bytes")
-    ctx = EncryptionContext(context)
-    oid = bytes(object_id)
-    binding = _binding_mac(dek, FORMAT_VERSION, layout, oid, wrapped, ctx, bucket, key)
-    return Envelope(FORMAT_VERSION, layout, oid, wrapped, ctx, binding)
+    return _build(dek, layout, bytes(object_id), wrapped, EncryptionContext(context), bucket, key, sealed, seal_salt)
 
 
 def verify_binding(env: Envelope, dek: Buffer, bucket: str, key: str) -> None:
     """Raise ``BindingMismatch`` unless ``env`` was bound to ``bucket``/``key`` under ``dek``."""
-    expected = _binding_mac(dek, env.version, env.layout, env.object_id, env.wrapped, env.context, bucket, key)
+    expected = _binding_mac(
+        dek, env.version, env.layout, env.object_id, env.wrapped, env.context, bucket, key, len(env.seal)
+    )
     if not hmac.compare_digest(expected, env.binding):
         raise BindingMismatch("object metadata is not bound to this bucket and key")
 
@@ -277,17 +406,23 @@ def rebind(
     key: str,
     wrapped: WrappedKey | None = None,
     context: Mapping[str, str] | None = None,
+    *,
+    sealed: SealContents | None = None,
+    seal_salt: bytes | None = None,
 ) -> Envelope:
     """The envelope for a copy at ``bucket``/``key`` and/or a re-wrapped DEK.
 
-    Keeps version, layout, ``object_id`` (the body stays valid) and, unless
-    replaced, the wrapped key and context. Does not verify ``env``: call
-    ``verify_binding`` on the source first.
+    Keeps layout, ``object_id`` (the body stays valid) and, unless replaced, the
+    wrapped key and context. A v2 envelope keeps its sealed contents (re-sealed
+    under the new binding) unless ``sealed`` replaces them; a v1 envelope given
+    ``sealed`` becomes v2 (the body is the same in both versions). Does not
+    verify ``env``: call ``verify_binding`` on the source first.
     """
     new_wrapped = env.wrapped if wrapped is None else wrapped
     ctx = env.context if context is None else EncryptionContext(context)
-    binding = _binding_mac(dek, env.version, env.layout, env.object_id, new_wrapped, ctx, bucket, key)
-    return Envelope(env.version, env.layout, env.object_id, new_wrapped, ctx, binding)
+    if sealed is None:
+        sealed = open_seal(env, dek)
+    return _build(dek, env.layout, env.object_id, new_wrapped, ctx, bucket, key, sealed, seal_salt)
 
 
 # -- metadata --------------------------------------------------------------------
@@ -313,7 +448,8 @@ def _decode_wrapped(text: str) -> WrappedKey:
 
 
 def encode_metadata(env: Envelope) -> dict[str, str]:
-    """The envelope as user metadata, keys without ``x-amz-meta-``."""
+    """The envelope as user metadata, keys without ``x-amz-meta-``; ``MetadataTooLarge`` over
+    1536 bytes (v1, leaving the client 512) or S3's 2048 (v2: the client's metadata is inside)."""
     meta = {
         META_VERSION: str(env.version),
         META_LAYOUT: env.layout,
@@ -322,18 +458,24 @@ def encode_metadata(env: Envelope) -> dict[str, str]:
         META_CONTEXT: _b64u(env.context.canonical_json()),
         META_BINDING: _b64u(env.binding),
     }
+    budget = METADATA_BUDGET
+    if env.version >= SEALED_VERSION:
+        meta[META_VERSION] = str(SEALED_VERSION)
+        meta[META_SEAL] = _b64u(env.seal)
+        budget = USER_METADATA_LIMIT
     size = sum(len(k) + len(v) for k, v in meta.items())  # all ASCII
-    if size > METADATA_BUDGET:
-        raise MetadataTooLarge(f"envelope metadata of {size} bytes exceeds {METADATA_BUDGET}")
+    if size > budget:
+        raise MetadataTooLarge(f"envelope metadata of {size} bytes exceeds {budget}")
     return meta
 
 
 def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
     """The envelope in ``meta`` (keys without ``x-amz-meta-``), or None if there is none.
 
-    Raises ``UnsupportedFormatVersion`` for a version other than 1 and
-    ``MalformedMetadata`` for missing or badly encoded fields. The binding is
-    not verified here (that needs the DEK): call ``verify_binding``.
+    Raises ``UnsupportedFormatVersion`` for a version other than 1 and 2 and
+    ``MalformedMetadata`` for missing, extra or badly encoded fields. The binding
+    (and the sealed block) are not verified here (that needs the DEK): call
+    ``verify_binding``, then ``open_seal``.
     """
     ours = {k.lower(): v for k, v in meta.items() if k.lower() in ENVELOPE_KEYS}
     if not ours:
@@ -341,11 +483,14 @@ def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
     version = ours.get(META_VERSION)
     if version is None:
         raise MalformedMetadata(f"envelope metadata without {META_VERSION}")
-    if version != str(FORMAT_VERSION):
+    if version not in (str(FORMAT_VERSION), str(SEALED_VERSION)):
         raise UnsupportedFormatVersion(f"object format version {version[:16]!r}")
-    missing = [k for k in ENVELOPE_KEYS if k not in ours]
+    expected = V1_KEYS if version == str(FORMAT_VERSION) else ENVELOPE_KEYS
+    missing = [k for k in expected if k not in ours]
     if missing:
         raise MalformedMetadata(f"envelope metadata without {', '.join(missing)}")
+    if len(ours) != len(expected):
+        raise MalformedMetadata(f"a version {version} envelope with a sealed block")
     layout = ours[META_LAYOUT]
     if layout not in _LAYOUTS:
         raise MalformedMetadata(f"unknown layout {layout[:16]!r}")
@@ -357,7 +502,12 @@ def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
         raise MalformedMetadata("binding must be 32 bytes")
     wrapped = _decode_wrapped(ours[META_WRAPPED])
     context = EncryptionContext.from_canonical_json(_unb64u(ours[META_CONTEXT], "encryption context"))
-    return Envelope(FORMAT_VERSION, cast(Layout, layout), object_id, wrapped, context, binding)
+    seal = b""
+    if version == str(SEALED_VERSION):
+        seal = _unb64u(ours[META_SEAL], "sealed block")
+        if len(seal) < SEAL_OVERHEAD:
+            raise MalformedMetadata("sealed block too short")
+    return Envelope(int(version), cast(Layout, layout), object_id, wrapped, context, binding, seal)
 
 
 # -- upload token ------------------------------------------------------------------

@@ -59,6 +59,7 @@ __all__ = [
     "OBJECT_ID_SIZE",
     "BindingMismatch",
     "ChunkAuthenticationFailed",
+    "ManifestMismatch",
     "CommitmentMismatch",
     "FormatError",
     "InvalidCiphertextSize",
@@ -75,6 +76,7 @@ __all__ = [
     "SDecryptor",
     "SEncryptor",
     "SRangeDecryptor",
+    "SealAuthenticationFailed",
     "TrailingData",
     "Truncated",
     "UnsupportedFormatVersion",
@@ -125,6 +127,10 @@ class Truncated(FormatError):
     """The stream ended before the length it implies or declares."""
 
 
+class ManifestMismatch(FormatError):
+    """A multipart object's parts differ from its completeness manifest (or it has none)."""
+
+
 class TrailingData(FormatError):
     """More bytes than the declared length."""
 
@@ -155,6 +161,10 @@ class MetadataTooLarge(FormatError):
 
 class InvalidUploadToken(FormatError):
     """An upload token that does not parse."""
+
+
+class SealAuthenticationFailed(FormatError):
+    """The sealed metadata block (envelope v2) does not decrypt under its object's key and binding."""
 
 
 # -- key schedule -----------------------------------------------------------------

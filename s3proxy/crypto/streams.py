@@ -3,18 +3,37 @@
 ``KObjectDecryptor`` walks a multipart (K layout) object from its first byte:
 part header -> that part's chunks -> next header, checking that part numbers
 strictly increase and that exactly ``n_parts`` parts are present (when the
-backend's ETag told us how many; ``None`` for backends without ``-N`` ETags).  Pure and
+backend's ETag or the object's completeness manifest told us how many; ``None``
+for backends without ``-N`` ETags), and, given the manifest's list, that each
+part is the one it names.  Pure and
 synchronous like ``crypto.format``; the async glue lives in the handlers.
 """
 
 from __future__ import annotations
 
-from s3proxy.crypto.format import KPartDecryptor, PartOrderError, TrailingData, Truncated, parse_k_header
+from collections.abc import Sequence
+
+from s3proxy.crypto.format import (
+    KPartDecryptor,
+    ManifestMismatch,
+    PartOrderError,
+    TrailingData,
+    Truncated,
+    parse_k_header,
+)
 from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
 
 
 class KObjectDecryptor:
-    def __init__(self, dek: bytes | bytearray, object_id: bytes, n_parts: int | None) -> None:
+    def __init__(
+        self, dek: bytes | bytearray, object_id: bytes, n_parts: int | None,
+        expected: Sequence[tuple[int, int]] | None = None,
+    ) -> None:
+        """``expected``: each part's (part number, plaintext length) from the object's manifest;
+        a part that differs is ``ManifestMismatch``."""
+        if expected is not None and len(expected) != n_parts:
+            raise ManifestMismatch("part count differs from the object's manifest")
+        self._expected = expected
         self._dek = dek
         self._oid = object_id
         self._n = n_parts
@@ -42,6 +61,8 @@ class KObjectDecryptor:
                 if info.part_number <= self._last_part_number:
                     raise PartOrderError("part numbers must strictly increase")
                 self._last_part_number = info.part_number
+                if self._expected is not None and self._expected[self._parts_done] != (info.part_number, info.plaintext_length):
+                    raise ManifestMismatch(f"part {self._parts_done + 1} differs from the object's manifest")
                 c_part = info.plaintext_length + K_PART_OVERHEAD
                 self._part = KPartDecryptor(self._dek, self._oid, header, c_part)
                 self._remaining = c_part - K_HEADER_SIZE

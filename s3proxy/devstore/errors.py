@@ -35,6 +35,15 @@ def no_such_key(key: str) -> S3Error:
     return S3Error("NoSuchKey", "The specified key does not exist.", 404, extra={"Key": key})
 
 
+def no_such_version(key: str, version_id: str) -> S3Error:
+    return S3Error(
+        "NoSuchVersion",
+        "The specified version does not exist.",
+        404,
+        extra={"Key": key, "VersionId": version_id},
+    )
+
+
 def no_such_upload(upload_id: str) -> S3Error:
     return S3Error(
         "NoSuchUpload",

@@ -1,24 +1,35 @@
-"""A small S3-compatible server over a data directory (aiohttp), for development.
+"""A small S3-compatible server over a data directory (aiohttp): ``make dev``'s store and the
+test suite's AWS-strict backend (``S3PROXY_TEST_BACKEND=strict``).
 
 Path-style addressing (``http://host:port/<bucket>/<key>``), plus
 virtual-hosted style for ``Host: <bucket>.localhost``.  Every
-request must be SigV4-signed (header or presigned URL) with one of the
+request must be SigV4-signed (header or presigned URL, never both: two
+authentication mechanisms are ``400 InvalidArgument`` as on AWS) with one of the
 configured access keys; payloads may be ``UNSIGNED-PAYLOAD``, a hex SHA-256
 (verified) or aws-chunked (signed or unsigned, with trailing checksums).
 ``Content-MD5`` and ``x-amz-checksum-*`` (headers or trailers) are verified;
-no checksum is ever returned.
+no checksum is ever returned.  Only ``OPTIONS`` (CORS preflight) is unsigned.
 
-Semantics worth knowing:
+Semantics worth knowing (each as AWS documents it):
 
+* An upload id belongs to its bucket and key; parts other than the last must be
+  at least ``min_part_size`` (5 MiB unless configured smaller for tests);
+  Complete checks ``InvalidPart``/``InvalidPartOrder``/``EntityTooSmall``.
 * Multipart objects remember their part sizes; ``partNumber=i`` on
   GET/HEAD addresses the i-th part *by position* among the parts that were
   completed (so completing parts 1, 3 and 7 gives parts 1, 2 and 3).  An
   object not uploaded in parts has exactly one part, the whole object.
 * CopyObject makes a single-part object (ETag = MD5 of the data), as S3 does
   for copies made with one CopyObject call.
-* No versioning, ACLs, policies, tagging or lifecycle: the read side of those
-  APIs answers a plausible empty configuration, the write side
-  ``NotImplemented`` (ACL writes are accepted and ignored).
+* Conditional requests: If-Match / If-None-Match / If-(Un)Modified-Since on
+  GET and HEAD, ``x-amz-copy-source-if-*``, If-None-Match: * and If-Match on
+  PutObject, CopyObject and CompleteMultipartUpload.
+* Versioning (Enabled / Suspended), version ids, delete markers,
+  ListObjectVersions; object tags; bucket CORS (applied to preflights and to
+  requests carrying ``Origin``), policy, lifecycle, tagging, encryption,
+  website, public-access-block and ownership documents are kept as sent;
+  GetObjectAttributes (ETag, ObjectSize, StorageClass, ObjectParts count).
+  ACL writes are accepted and ignored; other writes answer ``NotImplemented``.
 """
 
 from __future__ import annotations
@@ -30,11 +41,10 @@ import hashlib
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import formatdate, parsedate_to_datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote, unquote_plus, unquote_to_bytes
@@ -43,6 +53,7 @@ from xml.etree import ElementTree as ET
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from s3proxy.devstore import render, subresources
 from s3proxy.devstore.errors import (
     S3Error,
     invalid_argument,
@@ -79,19 +90,19 @@ __all__ = ["DevStoreServer", "build_devstore_app", "start_devstore"]
 
 log = logging.getLogger("s3proxy.devstore")
 
-S3_XMLNS = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_OBJECT_SIZE = 5 << 30  # single PUT, single part, copy source
 MAX_KEY_BYTES = 1024
 MAX_XML_BODY = 4 << 20
 MAX_DELETE_KEYS = 1000
-OWNER_ID = hashlib.sha256(b"s3proxy-devstore").hexdigest()
-OWNER_NAME = "devstore"
+OWNER_ID = render.OWNER_ID
+OWNER_NAME = render.OWNER_NAME
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _RANGE = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]{0,20})[ \t]*-[ \t]*([0-9]{0,20})[ \t]*", re.IGNORECASE | re.ASCII)
 _REQUEST_ID: Any = (
     web.RequestKey("s3proxy.devstore.request_id", str) if hasattr(web, "RequestKey") else "s3proxy.devstore.request_id"
 )
+_BUCKET: Any = web.RequestKey("s3proxy.devstore.bucket", str) if hasattr(web, "RequestKey") else "s3proxy.devstore.bucket"
 
 # Headers stored with an object and returned on GET/HEAD (lower-case -> response spelling).
 _STORED_HEADERS = {
@@ -173,37 +184,13 @@ def _method_not_allowed() -> S3Error:
 # Formatting helpers
 
 
-def _x(value: str) -> str:
-    """XML-escape text content (``\\r`` too, which parsers would otherwise turn into ``\\n``)."""
-    return (
-        value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
-    )
-
-
-def _el(tag: str, value: str | int | None) -> str:
-    if value is None:
-        return ""
-    return f"<{tag}>{_x(str(value))}</{tag}>"
-
-
-def _document(tag: str, inner: str) -> bytes:
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<{tag} xmlns="{S3_XMLNS}">{inner}</{tag}>'.encode()
-
-
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
-
-
-def _http_date(t: float) -> str:
-    return formatdate(int(t), usegmt=True)
-
-
-def _owner() -> str:
-    return f"<Owner><ID>{OWNER_ID}</ID><DisplayName>{OWNER_NAME}</DisplayName></Owner>"
-
-
-def _xml_response(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=body, content_type="application/xml", headers=headers)
+_x = render.x
+_el = render.el
+_document = render.document
+_iso = render.iso
+_http_date = render.http_date
+_owner = render.owner
+_xml_response = render.xml_response
 
 
 def _clean_header(value: str) -> str:
@@ -439,6 +426,37 @@ class DevStoreServer:
         response.headers.setdefault("x-amz-request-id", rid)
         response.headers.setdefault("x-amz-id-2", base64.b64encode(rid.encode() * 3).decode())
         response.headers["Server"] = "s3proxy-devstore"
+        origin = request.headers.get("Origin")
+        bucket = request.get(_BUCKET)
+        if origin and bucket and request.method != "OPTIONS" and "Access-Control-Allow-Origin" not in response.headers:
+            # S3 adds the matching CORS rule's headers to a normal request that carries Origin.
+            try:
+                config = self.store.get_config(bucket, "cors")
+            except S3Error:
+                config = None
+            extra = subresources.cors_headers(config, origin, request.method, []) if config else None
+            response.headers.update(extra or {})
+
+    async def _preflight(self, ctx: _Ctx) -> web.Response:
+        """OPTIONS: unauthenticated, answered from the bucket's CORS configuration (OPTIONS object
+        API reference: 400 without Origin or Access-Control-Request-Method, 403 when no rule allows)."""
+        h = ctx.request.headers
+        origin, method = h.get("Origin"), h.get("Access-Control-Request-Method")
+        if not origin or not method:
+            raise S3Error("BadRequest", "Insufficient information. Origin request header needed.", 400)
+        wanted = [v.strip() for v in h.get("Access-Control-Request-Headers", "").split(",") if v.strip()]
+        config = await asyncio.to_thread(self.store.get_config, ctx.bucket, "cors") if ctx.bucket else None
+        headers = subresources.cors_headers(config, origin, method, wanted) if config else None
+        if headers is None:
+            raise S3Error(
+                "AccessForbidden",
+                "CORSResponse: This CORS request is not allowed. This is usually because the evalution of Origin, "
+                "request method / Access-Control-Request-Method or Access-Control-Request-Headers are not "
+                "whitelisted by the resource's CORS spec.",
+                403,
+                extra={"Method": method, "ResourceType": "OBJECT" if ctx.key else "BUCKET"},
+            )
+        return web.Response(status=200, headers=headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         rid = secrets.token_hex(8).upper()
@@ -447,6 +465,10 @@ class DevStoreServer:
         try:
             ctx = self._context(request, rid)
             resource = ctx.resource
+            if ctx.bucket:
+                request[_BUCKET] = ctx.bucket
+            if ctx.method == "OPTIONS":
+                return await self._preflight(ctx)
             self._authenticate(ctx)
             return await self._dispatch(ctx)
         except S3Error as e:
@@ -572,6 +594,16 @@ class DevStoreServer:
                 return await self.list_uploads(ctx)
             if sub == "acl":
                 return _xml_response(self._acl_document())
+            if sub == "versions":
+                return await self.list_versions(ctx)
+            if sub == "versioning":
+                status = await asyncio.to_thread(self.store.get_versioning, bucket)
+                return _xml_response(subresources.versioning_document(status))
+            if sub in subresources.STORED_CONFIGS:
+                stored = await asyncio.to_thread(self.store.get_config, bucket, sub)
+                if stored is not None:
+                    ctype = "application/json" if sub == "policy" else "application/xml"
+                    return web.Response(body=stored, content_type=ctype)
             if sub in _FIXED_CONFIG:
                 return _xml_response(_document(_FIXED_CONFIG[sub], ""))
             if sub == "requestPayment":
@@ -590,12 +622,24 @@ class DevStoreServer:
             if sub == "acl":
                 await self._read_small(ctx)
                 return web.Response(status=200)
+            if sub == "versioning":
+                status = subresources.parse_versioning(await self._read_small(ctx))
+                await asyncio.to_thread(self.store.set_versioning, bucket, status)
+                return web.Response(status=200)
+            if sub in subresources.STORED_CONFIGS:
+                body = await self._read_small(ctx, 64 << 10)
+                subresources.check_config(sub, body)
+                await asyncio.to_thread(self.store.put_config, bucket, sub, body)
+                return web.Response(status=204 if sub in ("policy", "tagging") else 200)
             raise _not_implemented(sub)
         if m == "DELETE":
             if sub is None:
                 await asyncio.to_thread(self.store.delete_bucket, bucket)
                 return web.Response(status=204)
             await self._require_bucket(bucket)
+            if sub in subresources.STORED_CONFIGS:
+                await asyncio.to_thread(self.store.delete_config, bucket, sub)
+                return web.Response(status=204)
             if sub in _NO_CONFIG:
                 return web.Response(status=204)
             raise _not_implemented(sub)
@@ -619,6 +663,9 @@ class DevStoreServer:
                 await self._require_object(ctx)
                 await self._read_small(ctx)
                 return web.Response(status=200)
+            if sub == "tagging":
+                tags = subresources.tags_from_xml(await self._read_small(ctx))
+                return await self._set_tags(ctx, tags, 200)
             if sub is not None:
                 raise _not_implemented(sub)
             if copy_source is not None:
@@ -630,8 +677,13 @@ class DevStoreServer:
             if m == "GET" and sub == "uploadId":
                 return await self.list_parts(ctx)
             if m == "GET" and sub == "tagging":
-                await self._require_object(ctx)
-                return _xml_response(_document("Tagging", "<TagSet></TagSet>"))
+                info = await self._require_object(ctx)
+                return _xml_response(subresources.tagging_document(info.tags), headers=self._version_header(info))
+            if m == "GET" and sub == "attributes":
+                info = await self._require_object(ctx)
+                body = subresources.attributes_document(info, ctx.request.headers.get("x-amz-object-attributes"))
+                headers = {"Last-Modified": _http_date(info.last_modified), **self._version_header(info)}
+                return _xml_response(body, headers=headers)
             if m == "GET" and sub == "acl":
                 await self._require_object(ctx)
                 return _xml_response(self._acl_document())
@@ -642,13 +694,10 @@ class DevStoreServer:
                 await asyncio.to_thread(self.store.abort_upload, ctx.bucket, q["uploadId"], ctx.key)
                 return web.Response(status=204)
             if sub == "tagging":
-                await self._require_object(ctx)
-                return web.Response(status=204)
+                return await self._set_tags(ctx, {}, 204)
             if sub is not None:
                 raise _not_implemented(sub)
-            assert ctx.bucket is not None and ctx.key is not None
-            await asyncio.to_thread(self.store.delete_object, ctx.bucket, ctx.key)
-            return web.Response(status=204)
+            return await self.delete_object(ctx)
         if m == "POST":
             if sub == "uploads":
                 return await self.create_upload(ctx)
@@ -663,7 +712,47 @@ class DevStoreServer:
 
     async def _require_object(self, ctx: _Ctx) -> ObjectInfo:
         assert ctx.bucket is not None and ctx.key is not None
-        return await asyncio.to_thread(self.store.head, ctx.bucket, ctx.key)
+        return await asyncio.to_thread(self.store.head, ctx.bucket, ctx.key, ctx.query.get("versionId"))
+
+    @staticmethod
+    def _version_header(info: ObjectInfo) -> dict[str, str]:
+        """``x-amz-version-id`` of a version written while the bucket had versioning configured."""
+        return {"x-amz-version-id": info.version_id} if info.version_id is not None else {}
+
+    async def _set_tags(self, ctx: _Ctx, tags: dict[str, str], status: int) -> web.Response:
+        assert ctx.bucket is not None and ctx.key is not None
+        info = await asyncio.to_thread(self.store.set_tags, ctx.bucket, ctx.key, ctx.query.get("versionId"), tags)
+        return web.Response(status=status, headers=self._version_header(info))
+
+    async def delete_object(self, ctx: _Ctx) -> web.Response:
+        assert ctx.bucket is not None and ctx.key is not None
+        version = ctx.query.get("versionId")
+        gone = await asyncio.to_thread(self.store.delete_object, ctx.bucket, ctx.key, version)
+        headers = {}
+        if gone is not None and (gone.version_id is not None or version is not None or gone.delete_marker):
+            headers["x-amz-version-id"] = gone.vid
+            if gone.delete_marker:
+                headers["x-amz-delete-marker"] = "true"
+        return web.Response(status=204, headers=headers)
+
+    async def list_versions(self, ctx: _Ctx) -> web.Response:
+        assert ctx.bucket is not None
+        q = ctx.query
+        encoding = q.get("encoding-type")
+        if encoding is not None and encoding.lower() != "url":
+            raise invalid_argument("Invalid Encoding Method specified in Request", "encoding-type", encoding)
+        max_keys = _int_param(q, "max-keys", 1000, 1000)
+        version_marker = q.get("version-id-marker", "")
+        if version_marker and not q.get("key-marker"):
+            raise invalid_argument("A version-id marker cannot be specified without a key marker.",
+                                   "version-id-marker", version_marker)
+        entries, prefixes, truncated, nxt = await asyncio.to_thread(
+            self.store.list_versions, ctx.bucket, prefix=q.get("prefix", ""), delimiter=q.get("delimiter", ""),
+            key_marker=q.get("key-marker", ""), version_marker=version_marker, max_keys=max_keys,
+        )
+        return _xml_response(
+            subresources.versions_document(ctx.bucket, q, max_keys, entries, prefixes, truncated, nxt)
+        )
 
     def _acl_document(self) -> bytes:
         grant = (
@@ -938,9 +1027,7 @@ class DevStoreServer:
                     if not key:
                         raise S3Error("InvalidArgument", "Invalid key", 400)
                     _check_key(key)
-                    if version not in (None, "", "null"):
-                        raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
-                    self.store.delete_object(bucket, key)
+                    gone = self.store.delete_object(bucket, key, version or None)
                 except S3Error as e:
                     out.append(
                         f"<Error>{_el('Key', key)}{_el('VersionId', version or None)}"
@@ -948,7 +1035,10 @@ class DevStoreServer:
                     )
                     continue
                 if not quiet:
-                    out.append(f"<Deleted>{_el('Key', key)}{_el('VersionId', version or None)}</Deleted>")
+                    marker = ""
+                    if gone is not None and gone.delete_marker:
+                        marker = f"<DeleteMarker>true</DeleteMarker>{_el('DeleteMarkerVersionId', gone.vid)}"
+                    out.append(f"<Deleted>{_el('Key', key)}{_el('VersionId', version or None)}{marker}</Deleted>")
             return out
 
         results = await asyncio.to_thread(run)
@@ -967,6 +1057,9 @@ class DevStoreServer:
                 h[spelled] = info.headers[name]
         for name, value in info.metadata.items():
             h[name] = value
+        h.update(self._version_header(info))
+        if info.tags:
+            h["x-amz-tagging-count"] = str(len(info.tags))
         for param, spelled in _RESPONSE_OVERRIDES.items():
             if param in query:
                 h[spelled] = _clean_header(query[param])
@@ -984,18 +1077,17 @@ class DevStoreServer:
                 raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter", 400)
             part_number = self._part_number(part_param)
         version = q.get("versionId")
-        if version not in (None, "null"):
-            raise S3Error("NoSuchVersion", "The specified version does not exist.", 404, extra={"Key": ctx.key})
         f: IO[bytes] | None = None
         if head:
-            info = await asyncio.to_thread(self.store.head, ctx.bucket, ctx.key)
+            info = await asyncio.to_thread(self.store.head, ctx.bucket, ctx.key, version)
         else:
-            info, f = await asyncio.to_thread(self.store.open, ctx.bucket, ctx.key)
+            info, f = await asyncio.to_thread(self.store.open, ctx.bucket, ctx.key, version)
         try:
             headers = self._response_headers(info, q)
             if _check_conditions(request.headers, info):
                 return web.Response(
-                    status=304, headers={"ETag": headers["ETag"], "Last-Modified": headers["Last-Modified"]}
+                    status=304, headers={"ETag": headers["ETag"], "Last-Modified": headers["Last-Modified"],
+                                         **self._version_header(info)},
                 )
             status = 200
             start, length = 0, info.size
@@ -1046,6 +1138,7 @@ class DevStoreServer:
         request = ctx.request
         self._reject_sse_c(request)
         headers, metadata = _object_headers(request.headers)
+        tags = subresources.tags_from_header(request.headers.get("x-amz-tagging"))
         precondition = _write_conditions(request, ctx.key)
         if precondition is not None:  # fail fast, checked again at commit
             existing = await self._maybe_head(ctx.bucket, ctx.key)
@@ -1060,10 +1153,11 @@ class DevStoreServer:
                 headers=headers,
                 metadata=metadata,
                 precondition=precondition,
+                tags=tags,
             )
         finally:
             sink.discard()
-        return web.Response(status=200, headers={"ETag": f'"{info.etag}"'})
+        return web.Response(status=200, headers={"ETag": f'"{info.etag}"', **self._version_header(info)})
 
     async def _maybe_head(self, bucket: str, key: str) -> ObjectInfo | None:
         try:
@@ -1077,12 +1171,13 @@ class DevStoreServer:
         if "x-amz-server-side-encryption-customer-algorithm" in request.headers:
             raise _not_implemented("SSE-C")
 
-    def _copy_source(self, value: str) -> tuple[str, str]:
+    def _copy_source(self, value: str) -> tuple[str, str, str | None]:
         raw, _, query = value.partition("?")
+        version_id = None
         for part in query.split("&"):
             name, _, version = part.partition("=")
-            if name == "versionId" and unquote_plus(version) != "null":
-                raise S3Error("NoSuchVersion", "The specified version does not exist.", 404)
+            if name == "versionId":
+                version_id = unquote_plus(version)
         try:
             path = unquote_to_bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
@@ -1096,22 +1191,30 @@ class DevStoreServer:
                 value,
             )
         _check_key(key)
-        return bucket, key
+        return bucket, key, version_id
 
     async def copy_object(self, ctx: _Ctx, copy_source: str) -> web.Response:
         assert ctx.bucket is not None and ctx.key is not None
         request = ctx.request
         self._reject_sse_c(request)
-        src_bucket, src_key = self._copy_source(copy_source)
+        src_bucket, src_key, src_version = self._copy_source(copy_source)
         directive = request.headers.get("x-amz-metadata-directive", "COPY").upper()
+        tag_directive = request.headers.get("x-amz-tagging-directive", "COPY").upper()
+        if tag_directive not in ("COPY", "REPLACE"):
+            raise invalid_argument("Unknown tagging directive.", "x-amz-tagging-directive", tag_directive)
         if directive not in ("COPY", "REPLACE"):
             raise invalid_argument("Unknown metadata directive.", "x-amz-metadata-directive", directive)
         precondition = _write_conditions(request, ctx.key)
         await self._read_small(ctx, 0)
-        info, f = await asyncio.to_thread(self.store.open, src_bucket, src_key)
+        info, f = await asyncio.to_thread(self.store.open, src_bucket, src_key, src_version)
         try:
             _check_conditions(request.headers, info, copy_source=True)
-            if (src_bucket, src_key) == (ctx.bucket, ctx.key) and directive == "COPY":
+            current = await self._maybe_head(ctx.bucket, ctx.key) if src_version is not None else info
+            if (
+                (src_bucket, src_key) == (ctx.bucket, ctx.key)
+                and directive == "COPY"
+                and (current is not None and current.vid == info.vid)  # copying an older version restores it
+            ):
                 raise S3Error(
                     "InvalidRequest",
                     "This copy request is illegal because it is trying to copy an object to itself without "
@@ -1130,6 +1233,10 @@ class DevStoreServer:
                 headers, metadata = _object_headers(request.headers)
             else:
                 headers, metadata = dict(info.headers), dict(info.metadata)
+            if tag_directive == "REPLACE":
+                tags = subresources.tags_from_header(request.headers.get("x-amz-tagging"))
+            else:
+                tags = dict(info.tags)
             sink = await asyncio.to_thread(self.store.new_sink, ctx.bucket)
             try:
                 await asyncio.to_thread(copy_range, f, 0, info.size, sink)
@@ -1141,6 +1248,7 @@ class DevStoreServer:
                     headers=headers,
                     metadata=metadata,
                     precondition=precondition,
+                    tags=tags,
                 )
             finally:
                 sink.discard()
@@ -1149,7 +1257,10 @@ class DevStoreServer:
         body = _document(
             "CopyObjectResult", f"{_el('LastModified', _iso(new.last_modified))}{_el('ETag', chr(34) + new.etag + chr(34))}"
         )
-        return _xml_response(body)
+        out = self._version_header(new)
+        if info.version_id is not None:
+            out["x-amz-copy-source-version-id"] = info.version_id
+        return _xml_response(body, headers=out)
 
     # -- multipart ----------------------------------------------------------------
 
@@ -1165,6 +1276,10 @@ class DevStoreServer:
         assert ctx.bucket is not None and ctx.key is not None
         self._reject_sse_c(ctx.request)
         headers, metadata = _object_headers(ctx.request.headers)
+        tagging = ctx.request.headers.get("x-amz-tagging")
+        if tagging:
+            subresources.tags_from_header(tagging)
+            headers["x-amz-tagging"] = tagging  # applied at Complete (store.complete_upload)
         await self._read_small(ctx, body_checksums=False)
         upload_id = await asyncio.to_thread(self.store.create_upload, ctx.bucket, ctx.key, headers, metadata)
         body = _document(
@@ -1190,10 +1305,10 @@ class DevStoreServer:
         request = ctx.request
         upload_id = ctx.query["uploadId"]
         number = self._part_number(ctx.query.get("partNumber", ""))
-        src_bucket, src_key = self._copy_source(copy_source)
+        src_bucket, src_key, src_version = self._copy_source(copy_source)
         await asyncio.to_thread(self.store.get_upload, ctx.bucket, upload_id, ctx.key)
         await self._read_small(ctx, 0)
-        info, f = await asyncio.to_thread(self.store.open, src_bucket, src_key)
+        info, f = await asyncio.to_thread(self.store.open, src_bucket, src_key, src_version)
         try:
             _check_conditions(request.headers, info, copy_source=True)
             start, length = 0, info.size
@@ -1229,7 +1344,8 @@ class DevStoreServer:
             "CopyPartResult",
             f"{_el('LastModified', _iso(part.last_modified))}{_el('ETag', chr(34) + part.etag + chr(34))}",
         )
-        return _xml_response(body)
+        out = {"x-amz-copy-source-version-id": info.version_id} if info.version_id is not None else None
+        return _xml_response(body, headers=out)
 
     async def list_parts(self, ctx: _Ctx) -> web.Response:
         assert ctx.bucket is not None and ctx.key is not None
@@ -1361,7 +1477,7 @@ class DevStoreServer:
             f"{_el('Location', location)}{_el('Bucket', ctx.bucket)}{_el('Key', ctx.key)}"
             f"{_el('ETag', chr(34) + info.etag + chr(34))}",
         )
-        return _xml_response(body)
+        return _xml_response(body, headers=self._version_header(info))
 
 
 # ---------------------------------------------------------------------------
@@ -1417,7 +1533,8 @@ async def start_devstore(
     bound port.  ``options`` go to :func:`build_devstore_app`.
     """
     app = build_devstore_app(root, credentials, **options)  # type: ignore[arg-type]
-    runner = web.AppRunner(app, access_log=None)
+    # S3 stores a body byte for byte whatever its Content-Encoding: never gunzip a request.
+    runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -37,9 +37,11 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from s3proxy.devstore.errors import (
     no_such_bucket,
     no_such_key,
     no_such_upload,
+    no_such_version,
 )
 
 __all__ = [
@@ -87,6 +90,15 @@ def valid_bucket_name(name: str) -> bool:
     except ValueError:
         return True
     return False
+
+
+_VERSION_ID_RE = re.compile(r"[0-9]{20}[0-9a-f]{12}")
+
+
+def _check_version_id(version_id: str) -> None:
+    if version_id != "null" and _VERSION_ID_RE.fullmatch(version_id) is None:
+        raise S3Error("InvalidArgument", "Invalid version id specified", 400,
+                      extra={"ArgumentName": "versionId", "ArgumentValue": version_id})
 
 
 def key_hash(key: str) -> str:
@@ -131,10 +143,21 @@ class ObjectInfo:
     headers: dict[str, str] = field(default_factory=dict)  # content-type, cache-control, ...
     metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-* (lower-case names) -> value
     parts: list[int] | None = None  # part sizes of a multipart object, in order
+    version_id: str | None = None  # None: written while the bucket had no versioning ("null" version)
+    delete_marker: bool = False  # a delete marker (no data) in a versioned bucket
+    tags: dict[str, str] = field(default_factory=dict)  # object tagging
+
+    @property
+    def vid(self) -> str:
+        """The version id as S3 names it ("null" for one written without versioning)."""
+        return self.version_id or "null"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "version": 1,
+            "version_id": self.version_id,
+            "delete_marker": self.delete_marker,
+            "tags": self.tags,
             "key": self.key,
             "size": self.size,
             "etag": self.etag,
@@ -158,6 +181,9 @@ class ObjectInfo:
             headers={str(k): str(v) for k, v in (d.get("headers") or {}).items()},
             metadata={str(k): str(v) for k, v in (d.get("metadata") or {}).items()},
             parts=[int(p) for p in parts] if parts is not None else None,
+            version_id=str(d["version_id"]) if d.get("version_id") is not None else None,
+            delete_marker=bool(d.get("delete_marker", False)),
+            tags={str(k): str(v) for k, v in (d.get("tags") or {}).items()},
         )
 
     def part_range(self, number: int) -> tuple[int, int] | None:
@@ -263,7 +289,9 @@ def copy_range(src: IO[bytes], offset: int, length: int, sink: Sink) -> None:
 
 class _BucketIndex:
     def __init__(self) -> None:
-        self.objects: dict[str, ObjectInfo] = {}
+        self.objects: dict[str, ObjectInfo] = {}  # current versions (never a delete marker)
+        self.versions: dict[str, list[ObjectInfo]] = {}  # noncurrent versions and delete markers, newest first
+        self.versioning = ""  # "", "Enabled" or "Suspended"
         self._keys: list[str] | None = None
 
     def keys(self) -> list[str]:
@@ -296,6 +324,7 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._indexes: dict[str, _BucketIndex] = {}
+        self._configs: dict[tuple[str, str], bytes | None] = {}  # bucket configurations, as read
         for bdir in self._bucket_dirs():
             shutil.rmtree(bdir / "tmp", ignore_errors=True)
         for entry in os.scandir(self.root):
@@ -323,7 +352,7 @@ class Store:
         self.require_bucket(bucket)
         return Sink(self.tmp_dir(bucket), md5=md5, sha256=sha256, fsync=self.fsync)
 
-    def _write_json(self, bucket: str, path: Path, data: dict[str, Any]) -> None:
+    def _write_json(self, bucket: str, path: Path, data: dict[str, Any] | list[Any]) -> None:
         tmp = self.tmp_dir(bucket)
         tmp.mkdir(parents=True, exist_ok=True)
         tmp_path = tmp / f"{uuid.uuid4().hex}.json"
@@ -392,7 +421,7 @@ class Store:
         """Delete an empty bucket (in-progress multipart uploads are discarded with it)."""
         with self._lock:
             index = self._index(bucket)
-            if index.objects:
+            if index.objects or index.versions:
                 raise S3Error(
                     "BucketNotEmpty",
                     "The bucket you tried to delete is not empty",
@@ -404,6 +433,7 @@ class Store:
             trash = self.root / f".deleted-{uuid.uuid4().hex}"
             os.replace(bdir, trash)
             self._indexes.pop(bucket, None)
+            self._configs = {k: v for k, v in self._configs.items() if k[0] != bucket}
         shutil.rmtree(trash, ignore_errors=True)
 
     def _index(self, bucket: str) -> _BucketIndex:
@@ -419,12 +449,16 @@ class Store:
         objects = bdir / "objects"
         objects.mkdir(exist_ok=True)
         (bdir / "uploads").mkdir(exist_ok=True)
+        index.versioning = self._bucket_json(bdir).get("versioning") or ""
         referenced: set[str] = set()
         data_files: list[str] = []
         for entry in os.scandir(objects):
             name = entry.name
             if name.endswith(".data"):
                 data_files.append(name)
+                continue
+            if name.endswith(".versions.json"):
+                self._load_versions(entry.path, index, referenced)
                 continue
             if not name.endswith(".json"):
                 continue
@@ -445,6 +479,148 @@ class Store:
         self._collect_upload_debris(bdir / "uploads")
         return index
 
+    @staticmethod
+    def _load_versions(path: str, index: _BucketIndex, referenced: set[str]) -> None:
+        try:
+            with open(path, "rb") as f:
+                versions = [ObjectInfo.from_json(d) for d in json.load(f)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("devstore: ignoring unreadable version list %s: %s", path, e)
+            return
+        if versions:
+            index.versions[versions[0].key] = versions
+            referenced.update(v.data for v in versions if not v.delete_marker)
+
+    def _bucket_json(self, bdir: Path) -> dict[str, Any]:
+        try:
+            with open(bdir / "bucket.json", "rb") as f:
+                d = json.load(f)
+            return d if isinstance(d, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    # -- bucket configurations and object tags --------------------------------
+
+    def put_config(self, bucket: str, name: str, body: bytes) -> None:
+        """Keep a bucket configuration document (``name``: a fixed subresource name, never user input)."""
+        with self._lock:
+            bdir = self.require_bucket(bucket)
+            (bdir / "config").mkdir(exist_ok=True)
+            tmp = self.tmp_dir(bucket) / f"{uuid.uuid4().hex}.cfg"
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(body)
+            os.replace(tmp, bdir / "config" / name)
+            self._configs[(bucket, name)] = body
+
+    def get_config(self, bucket: str, name: str) -> bytes | None:
+        with self._lock:
+            if (bucket, name) in self._configs:
+                self.require_bucket(bucket)
+                return self._configs[(bucket, name)]
+            try:
+                body: bytes | None = (self.require_bucket(bucket) / "config" / name).read_bytes()
+            except FileNotFoundError:
+                body = None
+            self._configs[(bucket, name)] = body
+            return body
+
+    def delete_config(self, bucket: str, name: str) -> None:
+        with self._lock:
+            _unlink(self.require_bucket(bucket) / "config" / name)
+            self._configs[(bucket, name)] = None
+
+    def set_tags(self, bucket: str, key: str, version_id: str | None, tags: dict[str, str]) -> ObjectInfo:
+        """Replace the tag set of the current version (or of ``version_id``)."""
+        with self._lock:
+            index = self._index(bucket)
+            current = index.objects.get(key)
+            if version_id is None or (current is not None and current.vid == version_id):
+                if current is None:
+                    raise no_such_key(key)
+                current.tags = dict(tags)
+                self._write_json(bucket, self.root / bucket / "objects" / f"{key_hash(key)}.json", current.to_json())
+                return current
+            info = self.find_version(bucket, key, version_id)
+            if info.delete_marker:
+                raise S3Error("MethodNotAllowed", "The specified method is not allowed against this resource.", 405)
+            info.tags = dict(tags)
+            self._save_versions(bucket, index, key)
+            return info
+
+    # -- versioning ---------------------------------------------------------
+
+    def get_versioning(self, bucket: str) -> str:
+        """The bucket's versioning status: "" (never enabled), "Enabled" or "Suspended"."""
+        with self._lock:
+            return self._index(bucket).versioning
+
+    def set_versioning(self, bucket: str, status: str) -> None:
+        with self._lock:
+            index = self._index(bucket)
+            bdir = self._bdir(bucket)
+            d = self._bucket_json(bdir)
+            d.setdefault("created", self._created(bdir))
+            d["versioning"] = status
+            self._write_json(bucket, bdir / "bucket.json", d)
+            index.versioning = status
+
+    def _save_versions(self, bucket: str, index: _BucketIndex, key: str) -> None:
+        path = self.root / bucket / "objects" / f"{key_hash(key)}.versions.json"
+        versions = index.versions.get(key)
+        if versions:
+            self._write_json(bucket, path, [v.to_json() for v in versions])
+        else:
+            index.versions.pop(key, None)
+            _unlink(path)
+
+    def _archive(self, bucket: str, index: _BucketIndex, key: str, old: ObjectInfo | None) -> bool:
+        """Before a new current version (or delete marker) of ``key``: keep the current version
+        ``old`` as a noncurrent one; when Suspended the new version is "null" and replaces any
+        older "null" version.  True when ``old``'s data file is still referenced."""
+        status = index.versioning
+        if not status:
+            return False
+        if status == "Suspended":
+            versions = index.versions.get(key, [])
+            for v in versions:
+                if v.version_id is None and not v.delete_marker:
+                    _unlink(self.root / bucket / "objects" / v.data)
+            if any(v.version_id is None for v in versions):
+                index.versions[key] = [v for v in versions if v.version_id is not None]
+                self._save_versions(bucket, index, key)
+            if old is None or old.version_id is None:
+                return False
+        if old is None:
+            return False
+        index.versions.setdefault(key, []).insert(0, old)
+        self._save_versions(bucket, index, key)
+        return True
+
+    def _new_version_id(self, status: str) -> str | None:
+        if status == "Enabled":
+            return f"{time.time_ns():020d}{secrets.token_hex(6)}"
+        return None  # Suspended and never enabled: the "null" version
+
+    def find_version(self, bucket: str, key: str, version_id: str) -> ObjectInfo:
+        """A version of ``key`` by id ("null" included); raises NoSuchVersion (or InvalidArgument)."""
+        _check_version_id(version_id)
+        with self._lock:
+            index = self._index(bucket)
+            current = index.objects.get(key)
+            for v in ([current] if current is not None else []) + index.versions.get(key, []):
+                if v.vid == version_id:
+                    return v
+        raise no_such_version(key, version_id)
+
+    def latest_is_delete_marker(self, bucket: str, key: str) -> ObjectInfo | None:
+        """The delete marker that hides ``key``, if its latest version is one."""
+        with self._lock:
+            index = self._index(bucket)
+            versions = index.versions.get(key)
+            if key in index.objects or not versions or not versions[0].delete_marker:
+                return None
+            return versions[0]
+
     def _collect_upload_debris(self, uploads: Path) -> None:
         """Remove part data files no part sidecar names (interrupted part commits)."""
         for entry in os.scandir(uploads):
@@ -461,19 +637,39 @@ class Store:
 
     # -- objects ----------------------------------------------------------
 
-    def head(self, bucket: str, key: str) -> ObjectInfo:
+    def _missing(self, index: _BucketIndex, key: str) -> S3Error:
+        """NoSuchKey; with the delete marker's headers when one hides the key."""
+        e = no_such_key(key)
+        versions = index.versions.get(key)
+        if versions and versions[0].delete_marker:
+            e.headers.update({"x-amz-delete-marker": "true", "x-amz-version-id": versions[0].vid})
+        return e
+
+    def head(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
         with self._lock:
-            info = self._index(bucket).objects.get(key)
+            if version_id is not None:
+                return self._live_version(bucket, key, version_id)
+            index = self._index(bucket)
+            info = index.objects.get(key)
             if info is None:
-                raise no_such_key(key)
+                raise self._missing(index, key)
             return info
 
-    def open(self, bucket: str, key: str) -> tuple[ObjectInfo, IO[bytes]]:
-        """The object's metadata and its data file, open (the caller closes it)."""
+    def _live_version(self, bucket: str, key: str, version_id: str) -> ObjectInfo:
+        info = self.find_version(bucket, key, version_id)
+        if info.delete_marker:
+            # S3 answers GET/HEAD of a delete marker by its id with 405 (and says what it is).
+            raise S3Error(
+                "MethodNotAllowed", "The specified method is not allowed against this resource.", 405,
+                extra={"Method": "GET", "ResourceType": "DeleteMarker"},
+                headers={"x-amz-delete-marker": "true", "x-amz-version-id": info.vid, "Allow": "DELETE"},
+            )
+        return info
+
+    def open(self, bucket: str, key: str, version_id: str | None = None) -> tuple[ObjectInfo, IO[bytes]]:
+        """The object's (or version's) metadata and its data file, open (the caller closes it)."""
         with self._lock:
-            info = self._index(bucket).objects.get(key)
-            if info is None:
-                raise no_such_key(key)
+            info = self.head(bucket, key, version_id)
             try:
                 f = open(self.root / bucket / "objects" / info.data, "rb")  # noqa: SIM115
             except FileNotFoundError:
@@ -491,6 +687,7 @@ class Store:
         metadata: dict[str, str],
         parts: list[int] | None = None,
         precondition: Precondition | None = None,
+        tags: dict[str, str] | None = None,
     ) -> ObjectInfo:
         """Make the finished ``sink`` the object ``key`` (replacing any previous one)."""
         sink.finish()
@@ -499,6 +696,7 @@ class Store:
             old = index.objects.get(key)
             if precondition is not None:
                 precondition(old)
+            status = index.versioning
             h = key_hash(key)
             objects = self.root / bucket / "objects"
             data_name = f"{h}.{_token()}.data"
@@ -517,28 +715,133 @@ class Store:
                 headers=dict(headers),
                 metadata=dict(metadata),
                 parts=parts,
+                version_id=self._new_version_id(status),
+                tags=dict(tags or {}),
             )
+            kept = self._archive(bucket, index, key, old)
             try:
                 self._write_json(bucket, objects / f"{h}.json", info.to_json())
             except BaseException:
                 _unlink(data_path)
                 raise
             index.put(info)
-            if old is not None:
+            if old is not None and not kept:
                 _unlink(objects / old.data)
             return info
 
-    def delete_object(self, bucket: str, key: str) -> bool:
+    def delete_object(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo | None:
+        """DeleteObject: the delete marker it made, the version it removed, or None.
+
+        Without ``version_id`` in a versioned bucket the current version becomes noncurrent under
+        a new delete marker (Suspended: a "null" marker replacing any "null" version).  With one,
+        that version is removed for good and the newest remaining one, if it is no delete marker,
+        becomes current.
+        """
         with self._lock:
             index = self._index(bucket)
-            info = index.objects.get(key)
-            if info is None:
-                return False
             objects = self.root / bucket / "objects"
-            _unlink(objects / f"{key_hash(key)}.json")
-            _unlink(objects / info.data)
+            h = key_hash(key)
+            current = index.objects.get(key)
+            status = index.versioning
+            if version_id is None and status:
+                marker = ObjectInfo(key, 0, "", time.time(), "", version_id=self._new_version_id(status),
+                                    delete_marker=True)
+                kept = self._archive(bucket, index, key, current)
+                index.versions.setdefault(key, []).insert(0, marker)
+                self._save_versions(bucket, index, key)
+                if current is not None:
+                    _unlink(objects / f"{h}.json")
+                    if not kept:
+                        _unlink(objects / current.data)
+                    index.remove(key)
+                return marker
+            if version_id is not None:
+                _check_version_id(version_id)
+                if current is None or current.vid != version_id:
+                    versions = index.versions.get(key, [])
+                    gone = next((v for v in versions if v.vid == version_id), None)
+                    if gone is None:
+                        return None  # S3: 204 for a version that does not exist
+                    versions.remove(gone)
+                    self._save_versions(bucket, index, key)
+                    if not gone.delete_marker:
+                        _unlink(objects / gone.data)
+                    self._promote(bucket, index, key)
+                    return gone
+            if current is None:
+                return None
+            _unlink(objects / f"{h}.json")
+            _unlink(objects / current.data)
             index.remove(key)
-            return True
+            self._promote(bucket, index, key)
+            return current
+
+    def _promote(self, bucket: str, index: _BucketIndex, key: str) -> None:
+        """After removing the latest version: the newest remaining one becomes current (unless
+        it is a delete marker, which then stays latest)."""
+        versions = index.versions.get(key)
+        if key in index.objects or not versions or versions[0].delete_marker:
+            return
+        newest = versions.pop(0)
+        self._write_json(bucket, self.root / bucket / "objects" / f"{key_hash(key)}.json", newest.to_json())
+        self._save_versions(bucket, index, key)
+        index.put(newest)
+
+    def list_versions(
+        self, bucket: str, *, prefix: str, delimiter: str, key_marker: str, version_marker: str, max_keys: int
+    ) -> tuple[list[tuple[ObjectInfo, bool]], list[str], bool, tuple[str, str] | None]:
+        """ListObjectVersions: ((version, is_latest) newest first per key, common prefixes,
+        truncated, (next key marker, next version marker) when truncated)."""
+        with self._lock:
+            index = self._index(bucket)
+            keys = sorted(set(index.objects) | set(index.versions))
+            start = bisect.bisect_left(keys, prefix)
+            out: list[tuple[ObjectInfo, bool]] = []
+            prefixes: list[str] = []
+            count = 0
+            for key in keys[start:]:
+                if not key.startswith(prefix):
+                    break
+                if key_marker and key < key_marker:
+                    continue
+                if delimiter:
+                    pos = key.find(delimiter, len(prefix))
+                    if pos >= 0:
+                        common = key[: pos + len(delimiter)]
+                        if (prefixes and prefixes[-1] == common) or (key_marker and common <= key_marker):
+                            continue
+                        if count >= max_keys:
+                            return out, prefixes, True, self._next_markers(out, prefixes)
+                        prefixes.append(common)
+                        count += 1
+                        continue
+                current = index.objects.get(key)
+                chain = ([current] if current is not None else []) + index.versions.get(key, [])
+                if key == key_marker:
+                    ids = [v.vid for v in chain]
+                    if not version_marker or version_marker not in ids:
+                        continue
+                    chain = chain[ids.index(version_marker) + 1:]
+                    skip_latest = True
+                else:
+                    skip_latest = False
+                for i, v in enumerate(chain):
+                    if count >= max_keys:
+                        return out, prefixes, True, self._next_markers(out, prefixes)
+                    out.append((v, i == 0 and not skip_latest))
+                    count += 1
+            return out, prefixes, False, None
+
+    @staticmethod
+    def _next_markers(
+        out: list[tuple[ObjectInfo, bool]], prefixes: list[str]
+    ) -> tuple[str, str]:
+        last_v = out[-1][0] if out else None
+        last_p = prefixes[-1] if prefixes else None
+        if last_v is not None and (last_p is None or last_v.key > last_p):
+            return last_v.key, last_v.vid
+        assert last_p is not None
+        return last_p, ""
 
     def list_objects(
         self, bucket: str, *, prefix: str, delimiter: str, marker: str, max_keys: int
@@ -784,15 +1087,19 @@ class Store:
                 if precondition is not None:
                     precondition(old)
 
+            headers = dict(upload.headers)
+            tagging = headers.pop("x-amz-tagging", None)
+            tags = dict(urllib.parse.parse_qsl(tagging, keep_blank_values=True)) if tagging else {}
             info = self.commit_object(
                 bucket,
                 key,
                 sink,
                 etag=etag,
-                headers=upload.headers,
+                headers=headers,
                 metadata=upload.metadata,
                 parts=[p.size for p in chosen],
                 precondition=check,
+                tags=tags,
             )
             trash = self.tmp_dir(bucket) / f"completed-{upload_id}"
             with self._lock:

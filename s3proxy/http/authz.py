@@ -26,7 +26,7 @@ from aiohttp import web
 from s3proxy.config import Identity
 from s3proxy.http import xmlsafe
 from s3proxy.http.errors import S3Error, access_denied
-from s3proxy.http.router import OBJECT_SUBRESOURCES, Route
+from s3proxy.http.router import OBJECT_SUBRESOURCES, Route, is_reserved_key
 
 if TYPE_CHECKING:
     from s3proxy.http.handlers import Ctx
@@ -49,7 +49,7 @@ ACTIONS: dict[str, str] = {
     "ListMultipartUploads": "list", "ListParts": "list",
     # permissions, object lock and everything about buckets
     "PutObjectAcl": "admin", "PutObjectRetention": "admin", "PutObjectLegalHold": "admin",
-    "PostObject": "admin",  # browser-form upload: its acl/tagging/lock form fields are not inspected
+    "PostObject": "admin",  # a header-signed form POST only; policy-signed browser forms are authorised as PutObject by s3proxy.http.postobject
     "CreateBucket": "admin", "DeleteBucket": "admin",
 }
 
@@ -196,6 +196,7 @@ def authorise(ctx: Ctx) -> None:
     r, request = ctx.route, ctx.request
     op = operation(r, request.method)
     ident = ctx.caller.identity
+    _refuse_reserved(ctx)
     if ident is None:
         if (r.bucket and op in ANONYMOUS_PUBLIC and not header_actions(request.headers)
                 and ctx.state.settings.bucket(r.bucket).public_read):
@@ -217,6 +218,28 @@ def authorise(ctx: Ctx) -> None:
             raise access_denied()
 
 
+def _reserved_in(ctx: Ctx, bucket: str | None, key: str | None) -> bool:
+    """Whether ``bucket``/``key`` is a proxy-owned key (``.s3proxy/`` in an encrypted bucket)."""
+    return bucket is not None and is_reserved_key(key) and ctx.state.settings.bucket(bucket).mode == "encrypt"
+
+
+def _refuse_reserved(ctx: Ctx) -> None:
+    """No client, whatever its grants, reads, writes, copies or deletes the proxy's own keys."""
+    r = ctx.route
+    if _reserved_in(ctx, r.bucket, r.key):
+        raise access_denied()
+    source = ctx.request.headers.get("x-amz-copy-source")
+    if source is not None:
+        from s3proxy.http.objects import parse_copy_source
+
+        try:
+            sb, sk, _ = parse_copy_source(source)
+        except S3Error:
+            return  # refused with its own error below
+        if _reserved_in(ctx, sb, sk):
+            raise access_denied()
+
+
 # --------------------------------------------------------------------- DeleteObjects
 
 
@@ -235,7 +258,7 @@ def check_delete_objects(ctx: Ctx, body: bytes | xmlsafe.DeleteRequest) -> xmlsa
     req = xmlsafe.delete_objects(bytes(body)) if isinstance(body, bytes | bytearray | memoryview) else body
     bucket = ctx.route.bucket
     for key, _version in req.objects:
-        if not allowed(ident, "delete", bucket, key, None):
+        if not allowed(ident, "delete", bucket, key, None) or _reserved_in(ctx, bucket, key):
             raise access_denied()
     return req
 

@@ -31,7 +31,7 @@ from awscrt import checksums as _crt
 from s3proxy.http.errors import S3Error
 from s3proxy.http.sigv4 import wire_text
 
-__all__ = ["ALGORITHMS", "ChecksumError", "Checker", "digest_b64"]
+__all__ = ["ALGORITHMS", "ChecksumError", "Checker", "digest_b64", "etag_from_md5", "response_checksum", "stored_checksum"]
 
 ALGORITHMS: Final = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -206,3 +206,32 @@ class Checker:
                 "Expecting a single x-amz-checksum- header. Multiple checksum Types are not allowed.",
             )
         return checker
+
+
+# -- checksums kept in the sealed block (envelope v2, docs/FORMAT.md 8) -------------------------
+
+
+def stored_checksum(values: Mapping[str, str], checksum_type: str = "FULL_OBJECT") -> dict[str, str] | None:
+    """The sealed-block record ``{"alg", "v", "type"}`` of the one ``x-amz-checksum-<alg>`` in
+    ``values`` (a body's verified checksums), or None."""
+    for name, value in values.items():
+        key = name.strip().lower()
+        if key.startswith(_PREFIX) and key[len(_PREFIX) :] in ALGORITHMS:
+            return {"alg": key[len(_PREFIX) :].upper(), "v": value.strip(), "type": checksum_type}
+    return None
+
+
+def response_checksum(record: Mapping[str, str]) -> dict[str, str]:
+    """The response headers (``x-amz-checksum-<alg>``, ``x-amz-checksum-type``) of a stored record."""
+    return {_PREFIX + record["alg"].lower(): record["v"], "x-amz-checksum-type": record["type"]}
+
+
+def etag_from_md5(content_md5: str | None) -> str | None:
+    """The S3 ETag (quoted hex MD5) for a verified ``Content-MD5`` (base64), or None."""
+    if content_md5 is None:
+        return None
+    try:
+        raw = base64.b64decode(content_md5.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return f'"{raw.hex()}"' if len(raw) == _SIZES["md5"] else None

@@ -24,7 +24,7 @@ from s3proxy.http import xmlsafe
 from s3proxy.http.auth import Caller, RequestBody, authenticate
 from s3proxy.http.authz import authorise, check_delete_objects, list_buckets
 from s3proxy.http.errors import S3Error
-from s3proxy.http.router import Route, bad_number, route, unsupported_reason
+from s3proxy.http.router import Route, bad_number, is_browser_form, route, unsupported_reason
 from s3proxy.observability import get_logger
 
 log = get_logger("s3proxy.handlers")
@@ -96,16 +96,26 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
         request[OP] = "CORSPreflight"
         return await cors.preflight(request, state, r.bucket)
+    if is_browser_form(r, raw_query, request.headers):
+        # Authenticated and authorised by the form's signed policy (s3proxy.http.postobject).
+        from s3proxy.http import postobject
+
+        return await postobject.post_object(Ctx(request, r, Caller(None, None), state))
     caller = request.get(CALLER) or authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
-    ident = caller.identity
+    return await run_as(ctx, _dispatch_op)
+
+
+async def run_as(ctx: Ctx, handler: Handler) -> web.StreamResponse:
+    """Call ``handler`` with the backend credentials of the caller's identity, if it has its own."""
+    ident = ctx.caller.identity
     creds = None
     if ident is not None and ident.backend_access_key is not None and ident.backend_secret_key is not None:
         creds = BackendCredentials(ident.backend_access_key.get_secret_value(), ident.backend_secret_key.get_secret_value())
     token = REQUEST_CREDENTIALS.set(creds)
     try:
-        return await _dispatch_op(ctx)
+        return await handler(ctx)
     finally:
         REQUEST_CREDENTIALS.reset(token)
 
@@ -121,11 +131,16 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
     bad = bad_number(r)
     if bad is not None:
         raise S3Error("InvalidArgument", f"{bad} must be a non-negative integer of ASCII digits.", 400)
+    _check_capability(ctx)
     if not ctx.encrypted:
         return await passthrough(ctx)
     reason = unsupported_reason(r, request.method)
     if reason is not None:
         raise S3Error("NotImplemented", f"s3proxy does not serve {reason} on encrypted buckets.", 501)
+    if r.op == "BucketConfig" and request.method == "DELETE" and not r.query:
+        from s3proxy.http import sidecars
+
+        return await sidecars.delete_bucket(ctx)  # the bucket's own manifests go with it
     table: dict[str, Handler] = {
         "PutObject": objects.put_object,
         "GetObject": objects.get_object,
@@ -286,8 +301,42 @@ async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(buf)
 
 
+def _capability_needed(ctx: Ctx) -> str | None:
+    """The backend capability (s3proxy.backend.profiles) an operation needs beyond plain S3, if any."""
+    op = ctx.request.get(OP, "")
+    if op == "GetObjectAttributes":
+        return "object_attributes"
+    if op == "UploadPartCopy":
+        return "upload_part_copy"
+    if op == "ObjectConfig" and ctx.route.has("tagging"):
+        return "tagging"
+    return None
+
+
+def _known_missing(ctx: Ctx, capability: str | None) -> bool:
+    caps = getattr(ctx.state, "backend_capabilities", None)
+    return capability is not None and caps is not None and caps.value(capability) == "no"
+
+
+def _check_capability(ctx: Ctx) -> None:
+    """501 up front for an operation the backend is known not to implement: such a backend answers
+    something else (rclone serve s3 returns the object for ?attributes and stores a ?tagging PUT's
+    document as the object's body).  UploadPartCopy is tried: copies fall back to re-encryption."""
+    capability = _capability_needed(ctx)
+    if capability != "upload_part_copy" and _known_missing(ctx, capability):
+        raise S3Error("NotImplemented", f"The storage behind s3proxy does not implement {ctx.route.op} "
+                      f"({capability}).", 501)
+
+
 async def backend_error(ctx: Ctx, resp: aiohttp.ClientResponse) -> web.StreamResponse:
-    """Pass a backend error through with its status, code and message."""
+    """Pass a backend error through with its status, code and message.
+
+    A 5xx for an operation the backend is known not to implement (its probed or pinned
+    capabilities) becomes ``501 NotImplemented``: clients retry a 500, and would forever.
+    """
+    if resp.status >= 500 and _known_missing(ctx, _capability_needed(ctx)):
+        resp.release()
+        raise S3Error("NotImplemented", f"The storage behind s3proxy does not implement {ctx.request[OP]}.", 501)
     return await relay(ctx, resp, headers=response_headers(resp.headers, ctx.request_id))
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Mapping
 from urllib.parse import unquote, urlsplit
-from xml.sax.saxutils import unescape
+from xml.sax.saxutils import escape, unescape
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from s3proxy.crypto import sizes
 from s3proxy.crypto.format import FormatError
@@ -55,9 +57,22 @@ def _fix_entry(m: re.Match[bytes], *, strict: bool = False) -> bytes:
             raise _Hidden
         return m.group(0)
     body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
-    body = _CHECKSUM_EL.sub(b"", body)
+    body = opaque_etag(_CHECKSUM_EL.sub(b"", body))
     tag = m.group(1)
     return b"<" + tag + b">" + body + b"</" + tag + b">"
+
+
+# A plain 32-hex ETag in a listing reads as "the MD5 of the content" to clients (rclone, s3cmd),
+# but the backend's is the MD5 of the ciphertext and the client-facing one (envelope v2 "e") is
+# only known to HEAD/GET.  Listings therefore mark encrypted objects' plain ETags as not-an-MD5
+# with a "-1" suffix (the multipart form): clients that need the MD5 read it with HEAD
+# (docs/FORMAT.md 8, "Client-facing ETag").
+_PLAIN_ETAG = re.compile(rb"<ETag>((?:&quot;|&#34;|\")?)([0-9a-fA-F]{32})((?:&quot;|&#34;|\")?)</ETag>")
+
+
+def opaque_etag(entry: bytes) -> bytes:
+    """An encrypted listing entry with its plain (MD5-shaped) ETag marked as not an MD5."""
+    return _PLAIN_ETAG.sub(lambda e: b"<ETag>" + e.group(1) + e.group(2) + b"-1" + e.group(3) + b"</ETag>", entry, count=1)
 
 
 def rewrite_listing(xml: bytes) -> bytes:
@@ -88,10 +103,19 @@ def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
     return out
 
 
-def rewrite_attributes(xml: bytes, layout: str) -> bytes:
-    """GetObjectAttributes: ObjectSize and part sizes in plaintext; no ciphertext checksums."""
+def rewrite_attributes(
+    xml: bytes, layout: str, etag: str | None = None, checksum: Mapping[str, str] | None = None
+) -> bytes:
+    """GetObjectAttributes: ObjectSize and part sizes in plaintext; no ciphertext checksums.
+    ``etag`` and ``checksum`` (from an envelope v2 sealed block) replace the backend's ETag and
+    add the plaintext ``Checksum`` (when the request asked for it: ``checksum`` is None otherwise)."""
     xml = re.sub(rb"<Checksum>.*?</Checksum>", b"", xml, flags=re.S)
     xml = _CHECKSUM_EL.sub(b"", xml)
+    if checksum is not None:
+        alg = checksum["alg"].encode()
+        el = b"<Checksum><Checksum%s>%s</Checksum%s><ChecksumType>%s</ChecksumType></Checksum>" % (
+            alg, escape(checksum["v"]).encode(), alg, escape(checksum["type"]).encode())
+        xml = re.sub(rb"(<GetObjectAttributesResponse[^>]*>|<GetObjectAttributesOutput[^>]*>)", lambda m: m.group(1) + el, xml, count=1)
     if layout == "K":
         xml = re.sub(
             rb"<Part>(.*?)</Part>",
@@ -118,13 +142,22 @@ def rewrite_attributes(xml: bytes, layout: str) -> bytes:
         except FormatError:
             return m.group(0)
 
-    return re.sub(rb"<ObjectSize>(\d+)</ObjectSize>", size, xml)
+    xml = re.sub(rb"<ObjectSize>(\d+)</ObjectSize>", size, xml)
+    if etag is not None:  # last: the backend's "-N" above may count the parts
+        value = escape(etag.strip('"')).encode()
+        xml = _ETAG.sub(lambda _: b"<ETag>" + value + b"</ETag>", xml, count=1)
+    return xml
 
 
-async def list_objects(ctx: Ctx) -> web.StreamResponse:
+SKIP_PAGES = 20  # backend pages a listing may read past that held only the proxy's sidecars
+_NEXT_TOKEN = re.compile(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+_NEXT_MARKER = re.compile(rb"<NextMarker>([^<]*)</NextMarker>")
+_ANY_ENTRY = re.compile(rb"<(?:Contents|CommonPrefixes|Version|DeleteMarker)>")
+
+
+async def _backend_page(ctx: Ctx, query: list[tuple[str, str]]) -> tuple[bytes, CIMultiDict[str]] | web.StreamResponse:
     resp = await ctx.state.backend.request(
-        "GET", ctx.bucket, None, query=list(ctx.route.query),
-        headers=forward_headers(ctx.request.headers, body_changed=False),
+        "GET", ctx.bucket, None, query=query, headers=forward_headers(ctx.request.headers, body_changed=False),
     )
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -134,7 +167,46 @@ async def list_objects(ctx: Ctx) -> web.StreamResponse:
             raise S3Error("InternalError", "backend listing too large", 500)
     finally:
         resp.release()
-    hdrs = response_headers(resp.headers, ctx.request_id)
+    return body, response_headers(resp.headers, ctx.request_id)
+
+
+def _next_page(query: list[tuple[str, str]], raw: bytes, url_keys: bool) -> list[tuple[str, str]] | None:
+    """The query of the page after ``raw`` (ListObjects V1 and V2; None when not truncated)."""
+    if b"<IsTruncated>true</IsTruncated>" not in raw:
+        return None
+    if ("list-type", "2") in query:
+        m = _NEXT_TOKEN.search(raw)
+        if m is None:
+            return None
+        return [(k, v) for k, v in query if k not in ("continuation-token", "start-after")] + [
+            ("continuation-token", unescape(m.group(1).decode()))]
+    if any(k == "versions" for k, _ in query):
+        return None
+    m = _NEXT_MARKER.search(raw)
+    keys = _KEY.findall(raw) if m is None else [m.group(1)]
+    if not keys:
+        return None
+    marker = unescape(keys[-1].decode())
+    return [(k, v) for k, v in query if k != "marker"] + [("marker", unquote(marker) if url_keys else marker)]
+
+
+async def list_objects(ctx: Ctx) -> web.StreamResponse:
+    from s3proxy.http.sidecars import hide_reserved
+
+    url_keys = ctx.route.q("encoding-type") == "url"
+    query = list(ctx.route.query)
+    for _ in range(SKIP_PAGES):
+        page = await _backend_page(ctx, query)
+        if isinstance(page, web.StreamResponse):
+            return page
+        raw, hdrs = page
+        body = hide_reserved(raw, url_keys)
+        # A page that held only sidecars (".s3proxy/" sorts early) would reach the client empty
+        # but truncated, which clients do not expect: read on to the next page instead.
+        nxt = None if _ANY_ENTRY.search(body) or body == raw else _next_page(query, raw, url_keys)
+        if nxt is None:
+            break
+        query = nxt
     return web.Response(status=200, body=await resolve_listing(ctx, body), headers=hdrs)
 
 
@@ -266,7 +338,7 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
         sm = _SIZE.search(body)
         assert sm is not None
         body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
-        body = _CHECKSUM_EL.sub(b"", body)
+        body = opaque_etag(_CHECKSUM_EL.sub(b"", body))
         tag = m.group(1)
         return b"<" + tag + b">" + body + b"</" + tag + b">"
 

@@ -10,12 +10,13 @@ part (``crypto.format``); sizes in ListParts are the plaintext sizes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from xml.sax.saxutils import escape, unescape
+from xml.sax.saxutils import escape
 
 import aiohttp
 from aiohttp import web
@@ -32,7 +33,7 @@ from s3proxy.crypto.envelope import (
     verify_upload_token,
 )
 from s3proxy.crypto.format import FormatError, InvalidUploadToken, KPartEncryptor, UnsupportedFormatVersion
-from s3proxy.http import sse, xmlsafe
+from s3proxy.http import manifests, sidecars, sse, xmlsafe
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.errors import S3Error
 from s3proxy.http.handlers import (
@@ -55,6 +56,7 @@ from s3proxy.http.objects import (
     open_copy_source,
     part_table,
     resolve_size,
+    seal_for_write,
     unseal,
     write_headers,
 )
@@ -107,10 +109,10 @@ class OpenUpload:
     dek: bytearray
 
 
-async def _open_upload(ctx: Ctx, op: str) -> OpenUpload:
+async def _open_upload(ctx: Ctx, op: str, client_id: str | None = None) -> OpenUpload:
     """Unwrap the token's DEK and verify that s3proxy issued the token for this bucket, key and
     backend upload; anything else is NoSuchUpload, before a byte reaches the backend."""
-    backend_id, token = _parse_upload_id(ctx, ctx.route.q("uploadId") or "")
+    backend_id, token = _parse_upload_id(ctx, client_id if client_id is not None else ctx.route.q("uploadId") or "")
     if token is None:
         raise _no_such_upload("UploadPart needs the UploadId that CreateMultipartUpload returned through s3proxy.")
     dek = await sse.unwrap_key(ctx, token.wrapped, token.context, ctx.bucket, ctx.key, op)
@@ -191,8 +193,12 @@ def _backend_query(ctx: Ctx, backend_id: str) -> list[tuple[str, str]]:
 
 async def create(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
+    sealed = seal_for_write(ctx, bucket, ctx.request.headers)
     dek, wrapped, context = await sse.data_key_for_write(ctx, bucket, key, None, "CreateMultipartUpload")
-    env = make_envelope(dek, "K", new_object_id(), wrapped, context, bucket, key)
+    if sealed is not None and wrapped.backend != "sse-c":
+        # Complete can write the manifest only with the DEK, which SSE-C uploads hold back.
+        sealed = dataclasses.replace(sealed, manifest=True)
+    env = make_envelope(dek, "K", new_object_id(), wrapped, context, bucket, key, sealed=sealed)
     resp = await ctx.state.backend.request("POST", bucket, key, query=list(ctx.route.query), headers=write_headers(ctx, env))
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -202,14 +208,27 @@ async def create(ctx: Ctx) -> web.StreamResponse:
     if m is None:
         dek[:] = bytes(len(dek))
         raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
-    backend_id = unescape(m.group(1).decode("utf-8", "replace"))
+    backend_id = xmlsafe.text(m.group(1).decode("utf-8", "replace"))
     token = encode_upload_token(env, dek, bucket, key, backend_id)
     dek[:] = bytes(len(dek))
-    client_id = escape(backend_id + SEP + token).encode()
-    body = body[: m.start()] + b"<UploadId>" + client_id + b"</UploadId>" + body[m.end() :]
+    client_id = backend_id + SEP + token
+    sidecar = sidecars.UploadSidecar(client_id, ctx.request.headers.get("x-amz-checksum-algorithm"),
+                                     ctx.request.headers.get("x-amz-checksum-type"))
+    if not await sidecars.put_upload(ctx, backend_id, sidecar):
+        await _abort_backend(ctx, backend_id)
+        raise S3Error("ServiceUnavailable", "the storage backend refused the upload's record; retry", 503)
+    body = body[: m.start()] + b"<UploadId>" + escape(client_id).encode() + b"</UploadId>" + body[m.end() :]
     hdrs = response_headers(resp.headers, ctx.request_id, drop=["x-amz-checksum-algorithm", "x-amz-checksum-type"])
     hdrs.update(sse.response_headers(ctx, env))
     return web.Response(status=200, body=body, headers=hdrs)
+
+
+async def _abort_backend(ctx: Ctx, backend_id: str) -> None:
+    try:
+        r = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", backend_id)])
+        r.release()
+    except aiohttp.ClientError:
+        log.warning("create_abort_failed", bucket=ctx.bucket)
 
 
 def _part_number(ctx: Ctx) -> int:
@@ -320,12 +339,24 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
 
 
 async def complete(ctx: Ctx) -> web.StreamResponse:
-    backend_id, wrapped = await _checked_backend_id(ctx, "CompleteMultipartUpload")
-    body = RequestBody(ctx.request, ctx.caller.auth)
-    # Parsed with DTDs refused in every encoding, and re-written by s3proxy: the backend never
-    # sees the client's bytes, nor the plaintext checksums (they describe plaintext).
-    xml = xmlsafe.complete_xml(xmlsafe.complete_parts(await body.read_all(ctx.state.settings.limits.max_xml_body)),
-                               include_checksums=False)
+    up = await _upload_with_dek(ctx)
+    if up is None:
+        backend_id, wrapped = await _checked_backend_id(ctx, "CompleteMultipartUpload")
+    else:
+        backend_id, wrapped = up.backend_id, up.wrapped
+    try:
+        body = RequestBody(ctx.request, ctx.caller.auth)
+        # Parsed with DTDs refused in every encoding, and re-written by s3proxy: the backend never
+        # sees the client's bytes, nor the plaintext checksums (they describe plaintext).
+        parts = xmlsafe.complete_parts(await body.read_all(ctx.state.settings.limits.max_xml_body))
+        if up is not None:  # before the backend's Complete: a completed object never lacks it
+            manifest = await manifests.manifest_for(ctx, up.object_id, up.backend_id, parts)
+            if manifest is not None:  # None: no such upload (a retried Complete): the backend answers
+                await manifests.put_manifest(ctx, manifest, up.dek)
+    finally:
+        if up is not None:
+            up.dek[:] = bytes(len(up.dek))
+    xml = xmlsafe.complete_xml(parts, include_checksums=False)
     headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-mp-object-size"])
     resp = await ctx.state.backend.request(
         "POST", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id), headers=headers, body=xml,
@@ -335,10 +366,29 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
     out = await read_at_most(resp, 1 << 20)
     resp.release()
     out = _CHECKSUM_EL.sub(b"", out)
+    await sidecars.delete_upload(ctx, backend_id)
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))])
     _sse_headers_for_upload(ctx, hdrs, wrapped)
     await _learn_multipart_etags(ctx)
     return web.Response(status=200, body=out, headers=hdrs)
+
+
+async def _upload_with_dek(ctx: Ctx) -> OpenUpload | None:
+    """The upload opened (token verified, DEK unwrapped) when s3proxy can get the DEK without
+    the client: every key backend but SSE-C.  A bare backend id (from an old listing) is
+    resolved through its sidecar.  None: Complete goes on without a manifest (an upload whose
+    envelope promised one then fails every read: fail closed)."""
+    client_id = ctx.route.q("uploadId") or ""
+    backend_id, token = _parse_upload_id(ctx, client_id)
+    if token is None:
+        sc = await sidecars.get_upload(ctx, backend_id)
+        if sc is None:
+            return None
+        client_id = sc.client_id
+        backend_id, token = _parse_upload_id(ctx, client_id)
+    if token is None or token.wrapped.backend == "sse-c":
+        return None
+    return await _open_upload(ctx, "CompleteMultipartUpload", client_id)
 
 
 async def _learn_multipart_etags(ctx: Ctx) -> None:
@@ -362,6 +412,8 @@ async def _learn_multipart_etags(ctx: Ctx) -> None:
 async def abort(ctx: Ctx) -> web.StreamResponse:
     backend_id, _ = await _checked_backend_id(ctx, "AbortMultipartUpload")
     resp = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
+    if resp.status in (204, 200, 404):  # 404: gone already; its sidecar too
+        await sidecars.delete_upload(ctx, backend_id)
     return await relay(ctx, resp)
 
 
@@ -378,14 +430,26 @@ async def list_parts(ctx: Ctx) -> web.StreamResponse:
 
 
 async def list_uploads(ctx: Ctx) -> web.StreamResponse:
-    resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=list(ctx.route.query))
-    return await relay(ctx, resp)
+    """The backend's listing with the upload ids CreateMultipartUpload returned (from the
+    upload sidecars), without the proxy's own keys; an ``upload-id-marker`` may be either id."""
+    marker = ctx.route.q("upload-id-marker")
+    query = [(k, sidecars.backend_marker(v) if k == "upload-id-marker" else v) for k, v in ctx.route.query]
+    resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    body = await read_at_most(resp, 16 << 20)
+    resp.release()
+    body = sidecars.hide_reserved(body, ctx.route.q("encoding-type") == "url")
+    body = await sidecars.client_upload_ids(ctx, body)
+    if marker:
+        body = re.sub(rb"<UploadIdMarker>[^<]*</UploadIdMarker>",
+                      lambda _: b"<UploadIdMarker>" + escape(marker).encode() + b"</UploadIdMarker>", body, count=1)
+    return web.Response(status=200, body=body, headers=response_headers(resp.headers, ctx.request_id))
 
 
 async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, str]]) -> str:
     """The source object's tags as an ``x-amz-tagging`` header value ('' if none)."""
     from urllib.parse import quote
-    from xml.sax.saxutils import unescape
 
     r = await ctx.state.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
     body = await read_at_most(r, 1 << 16)
@@ -394,7 +458,7 @@ async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, s
         return ""
     pairs = re.findall(rb"<Tag>\s*<Key>(.*?)</Key>\s*<Value>(.*?)</Value>\s*</Tag>", body, re.S)
     return "&".join(
-        f"{quote(unescape(k.decode()), safe='')}={quote(unescape(v.decode()), safe='')}" for k, v in pairs
+        f"{quote(xmlsafe.text(k.decode()), safe='')}={quote(xmlsafe.text(v.decode()), safe='')}" for k, v in pairs
     )
 
 
@@ -437,7 +501,7 @@ async def copy_multipart(
         resp.release()
         if m is None:
             raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
-        return unescape(m.group(1).decode())
+        return xmlsafe.text(m.group(1).decode())
 
     async def abort_upload(upload_id: str) -> None:
         try:
@@ -465,7 +529,7 @@ async def copy_multipart(
             r.release()
             em = re.search(rb"<ETag>([^<]*)</ETag>", data)
             if r.status == 200 and em is not None:
-                return unescape(em.group(1).decode())
+                return xmlsafe.text(em.group(1).decode())
             if r.status == 412:
                 raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
             if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
@@ -506,7 +570,7 @@ async def copy_multipart(
         hdrs["x-amz-version-id"] = r.headers["x-amz-version-id"]
     hdrs.update(sse.response_headers(ctx, new_env))
     return web.Response(
-        status=200, body=copy_result_xml(unescape(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
+        status=200, body=copy_result_xml(xmlsafe.text(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
     )
 
 

@@ -54,6 +54,17 @@ AUTH_PARAMS = frozenset(
 )
 
 
+
+# Keys under this prefix of an encrypted bucket belong to the proxy (s3proxy.http.sidecars):
+# clients never reach them (authz) nor see them listed.
+RESERVED_KEY_PREFIX = ".s3proxy/"
+
+
+def is_reserved_key(key: str | None) -> bool:
+    """Whether ``key`` lies under the proxy's reserved prefix."""
+    return key is not None and key.startswith(RESERVED_KEY_PREFIX)
+
+
 def parse_query(raw_query: str, *, keep_auth: bool = False) -> tuple[tuple[str, str], ...]:
     out: list[tuple[str, str]] = []
     if not raw_query:
@@ -104,7 +115,7 @@ def classify(method: str, bucket: str | None, key: str | None, query: tuple[tupl
             if not names & _BUCKET_CONFIG and not names - _LIST_PARAMS:
                 return "ListObjects"
             return "BucketConfig"
-        if method == "POST" and not names and headers.get("content-type", "").startswith("multipart/form-data"):
+        if method == "POST" and not names and headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return "PostObject"
         return "BucketConfig"
     copy = "x-amz-copy-source" in headers
@@ -236,6 +247,15 @@ def unsupported_reason(r: Route, method: str) -> str | None:
     if r.op == "ListBuckets" or (r.op == "Passthrough" and method == "OPTIONS"):
         return None  # the service itself; CORS preflight (no body, no data)
     return r.op
+
+
+def is_browser_form(r: Route, raw_query: str, headers: Mapping[str, str]) -> bool:
+    """A POST object authenticated by its form's signed policy (no Authorization header, no
+    signed query): served by ``s3proxy.http.postobject``.  A header-signed form POST takes the
+    normal path (authorised as ``PostObject``, refused on encrypted buckets)."""
+    if r.op != "PostObject" or r.bucket is None or "authorization" in {k.lower() for k in headers}:
+        return False
+    return not any(k.lower() in AUTH_PARAMS for k, _ in parse_query(raw_query, keep_auth=True))
 
 
 def route(method: str, host: str, raw_path: str, raw_query: str, headers: Mapping[str, str], base_domain: str | None) -> Route:

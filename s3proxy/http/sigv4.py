@@ -85,6 +85,8 @@ _AMZ_DATE: Final = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})T([0-9]{2})([0-9]{
 _DATE8: Final = re.compile(r"[0-9]{8}", re.ASCII)
 _DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)
 _AMZ_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+# A path or query component that UriEncode leaves as it is: its canonical form is itself.
+_PLAIN_PATH: Final = re.compile(r"[A-Za-z0-9_.~/-]*", re.ASCII)
 
 # Headers an HTTP client or proxy may add or rewrite on the way: never signed
 # by sign_request (botocore leaves the same ones out).
@@ -107,6 +109,7 @@ _UNSIGNABLE: Final = frozenset(
         "x-amzn-trace-id",
     }
 )
+_NOT_SIGNED_OUT: Final = _UNSIGNABLE | {"x-amz-date", "x-amz-content-sha256"}
 # Query parameters that mark a request as presigned (SigV4) or SigV2-signed.
 _V4_QUERY: Final = frozenset({"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Signature"})
 _V2_QUERY: Final = frozenset({"Signature", "AWSAccessKeyId"})
@@ -201,6 +204,8 @@ def canonical_uri(raw_path: str) -> str:
     """
     if not raw_path:
         return "/"
+    if _PLAIN_PATH.fullmatch(raw_path) is not None:  # nothing to decode or encode (the common case)
+        return raw_path
     return quote_from_bytes(unquote_to_bytes(wire_bytes(raw_path)), safe="/")
 
 
@@ -229,6 +234,8 @@ def _split_query(raw_query: str) -> list[tuple[bytes, bytes]]:
 
 def canonical_query(raw_query: str, *, exclude_signature: bool = False) -> str:
     """The canonical query string of a raw query (without the ``?``)."""
+    if not raw_query:
+        return ""
     encoded: list[tuple[str, str]] = []
     for name, value in _split_query(raw_query):
         if exclude_signature and name == b"X-Amz-Signature":
@@ -243,12 +250,17 @@ def encode_query(query: Iterable[tuple[str, str]]) -> str:
 
     The result is both the canonical query string and a correct wire query.
     """
+    if not query:
+        return ""
     encoded = sorted((uri_encode(n), uri_encode(v)) for n, v in query)
     return "&".join(f"{n}={v}" for n, v in encoded)
 
 
-def _trimall(value: str) -> str:
-    return " ".join(value.split())
+def _trimmed(values: Sequence[str]) -> str:
+    """The canonical value of a header: each value trimmed, runs of white space collapsed, joined with ``,``."""
+    if len(values) == 1:
+        return " ".join(values[0].split())
+    return ",".join(" ".join(v.split()) for v in values)
 
 
 def _canonical_request(
@@ -260,8 +272,9 @@ def _canonical_request(
     payload_hash: str,
 ) -> str:
     lines = [method, curi, cquery]
-    lines.extend(f"{name}:{','.join(_trimall(v) for v in values.get(name, ()))}" for name in signed)
-    lines.extend(("", ";".join(signed), payload_hash))
+    get = values.get
+    lines += [f"{name}:{_trimmed(get(name, ()))}" for name in signed]
+    lines += ("", ";".join(signed), payload_hash)
     return "\n".join(lines)
 
 
@@ -271,7 +284,7 @@ def _string_to_sign(amz_date: str, scope: str, canonical_request: str) -> str:
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, wire_bytes(msg), hashlib.sha256).digest()
+    return hmac.digest(key, wire_bytes(msg), "sha256")
 
 
 @functools.lru_cache(maxsize=256)
@@ -286,7 +299,8 @@ def derive_signing_key(secret_key: str, date: str, region: str, service: str) ->
 
 
 def _sign(signing_key: bytes, string_to_sign: str) -> str:
-    return hmac.new(signing_key, wire_bytes(string_to_sign), hashlib.sha256).hexdigest()
+    # hmac.digest: OpenSSL's one-shot HMAC, without the Python-level hmac.HMAC object.
+    return hmac.digest(signing_key, wire_bytes(string_to_sign), "sha256").hex()
 
 
 def chunk_signature(
@@ -325,13 +339,15 @@ def _utc(t: datetime) -> datetime:
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+@functools.lru_cache(maxsize=64)
 def _parse_amz_date(value: str) -> datetime | None:
-    m = _AMZ_DATE.fullmatch(value)
-    if m is None:
+    """``YYYYMMDDTHHMMSSZ`` as an aware UTC datetime, or None.  Memoised: concurrent requests
+    share their date to the second (a datetime is immutable)."""
+    if _AMZ_DATE.fullmatch(value) is None:
         return None
-    year, month, day, hour, minute, second = (int(g) for g in m.groups())
+    v = value
     try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+        return datetime(int(v[0:4]), int(v[4:6]), int(v[6:8]), int(v[9:11]), int(v[11:13]), int(v[13:15]), tzinfo=UTC)
     except ValueError:
         return None
 
@@ -352,7 +368,12 @@ def parse_http_date(value: str) -> datetime | None:
 def _index_headers(headers: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     index: dict[str, list[str]] = {}
     for name, value in headers:
-        index.setdefault(name.strip().lower(), []).append(value)
+        lname = name.strip().lower()
+        values = index.get(lname)
+        if values is None:
+            index[lname] = [value]
+        else:
+            values.append(value)
     return index
 
 
@@ -480,18 +501,24 @@ def _header_malformed(detail: str) -> SigV4Error:
     return SigV4Error("AuthorizationHeaderMalformed", f"The authorization header is malformed; {detail}", 400)
 
 
-def _verify_header_auth(
-    req: RequestView,
-    headers: Mapping[str, list[str]],
-    auth: list[str],
-    lookup_secret: Callable[[str], str | None],
-    now: datetime,
-    max_skew: timedelta,
-    service: str,
-) -> AuthResult:
-    if len(auth) != 1:
-        raise _header_malformed("more than one Authorization header.")
-    scheme, _, rest = auth[0].strip().partition(" ")
+# The Authorization value as every SDK writes it; anything else takes the general parser below.
+# Not re.ASCII: \s is every character str.strip() strips, so the values need no stripping.
+_AUTH_FAST: Final = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=([^,\s]+), ?SignedHeaders=([^,\s]+), ?Signature=([^,\s]+)"
+)
+
+
+def _authorization_fields(header: str) -> dict[str, str]:
+    """Credential, SignedHeaders and Signature of an ``AWS4-HMAC-SHA256`` Authorization value."""
+    m = _AUTH_FAST.fullmatch(header)
+    if m is not None:  # the same fields the general parser finds for this value, in one regex match
+        return {"Credential": m[1], "SignedHeaders": m[2], "Signature": m[3]}
+    return _parse_authorization(header)
+
+
+def _parse_authorization(header: str) -> dict[str, str]:
+    """The general parser: any spacing and order; refuses unknown, repeated, empty or missing elements."""
+    scheme, _, rest = header.strip().partition(" ")
     if scheme != ALGORITHM:
         if scheme == "AWS" or scheme.startswith("AWS4-"):
             raise SigV4Error("InvalidRequest", _MSG_V2, 400)
@@ -510,7 +537,21 @@ def _verify_header_auth(
     for required in ("Credential", "SignedHeaders", "Signature"):
         if not fields.get(required):
             raise _header_malformed(f"missing {required}.")
+    return fields
 
+
+def _verify_header_auth(
+    req: RequestView,
+    headers: Mapping[str, list[str]],
+    auth: list[str],
+    lookup_secret: Callable[[str], str | None],
+    now: datetime,
+    max_skew: timedelta,
+    service: str,
+) -> AuthResult:
+    if len(auth) != 1:
+        raise _header_malformed("more than one Authorization header.")
+    fields = _authorization_fields(auth[0])
     access_key, cred_date, region = _parse_credential(fields["Credential"], service, _header_malformed)
 
     payload = headers.get("x-amz-content-sha256")
@@ -529,7 +570,8 @@ def _verify_header_auth(
     t = _parse_amz_date(raw_date) if date_header == "x-amz-date" else parse_http_date(raw_date)
     if t is None:
         raise SigV4Error("AccessDenied", _MSG_BAD_DATE, 403)
-    amz_date = t.strftime(_AMZ_DATE_FORMAT)
+    # An x-amz-date that parsed is already in the canonical form (the pattern is exact).
+    amz_date = raw_date if date_header == "x-amz-date" else t.strftime(_AMZ_DATE_FORMAT)
     if cred_date != amz_date[:8]:
         raise _header_malformed(
             f'Invalid credential date "{cred_date}". Date is not the same as X-Amz-Date: "{amz_date[:8]}".'
@@ -697,6 +739,16 @@ def _verify_presigned(
 # Signing
 
 
+@functools.lru_cache(maxsize=4)
+def _amz_date_of_second(epoch_second: int) -> str:
+    return datetime.fromtimestamp(epoch_second, UTC).strftime(_AMZ_DATE_FORMAT)
+
+
+def amz_date_of(now: datetime) -> str:
+    """``now`` as an x-amz-date (``YYYYMMDDTHHMMSSZ``), formatted once per second (a naive ``now`` is UTC)."""
+    return _amz_date_of_second(int(_utc(now).timestamp()) if now.tzinfo is not UTC else int(now.timestamp()))
+
+
 def sign_request(
     method: str,
     path: str,
@@ -721,27 +773,32 @@ def sign_request(
     ``Authorization``, ``x-amz-date`` and ``x-amz-content-sha256`` replace
     them.
     """
-    amz_date = _utc(now).strftime(_AMZ_DATE_FORMAT)
-    values: dict[str, list[str]] = {}
+    amz_date = amz_date_of(now)
+    values: dict[str, str] = {}
     for name, value in headers.items():
         lname = name.strip().lower()
-        if lname in _UNSIGNABLE or lname in ("x-amz-date", "x-amz-content-sha256"):
+        if lname in _NOT_SIGNED_OUT:
             continue
         if lname in values:
             raise ValueError(f"header {lname!r} given twice")
-        values[lname] = [value]
+        values[lname] = value
     if "host" not in values:
         raise ValueError("the headers to sign must include 'host'")
-    values["x-amz-date"] = [amz_date]
-    values["x-amz-content-sha256"] = [payload_hash]
+    values["x-amz-date"] = amz_date
+    values["x-amz-content-sha256"] = payload_hash
     signed = sorted(values)
-    canonical = _canonical_request(method, canonical_uri(path), encode_query(query), signed, values, payload_hash)
+    signed_names = ";".join(signed)
+    # The canonical request of _canonical_request, one value per header, built in one pass.
+    canonical_headers = "".join([f"{n}:{' '.join(values[n].split())}\n" for n in signed])
+    canonical = (
+        f"{method}\n{canonical_uri(path)}\n{encode_query(query)}\n{canonical_headers}\n{signed_names}\n{payload_hash}"
+    )
     scope = f"{amz_date[:8]}/{region}/{service}/aws4_request"
     key = derive_signing_key(secret_key, amz_date[:8], region, service)
     signature = _sign(key, _string_to_sign(amz_date, scope, canonical))
     return {
         "Authorization": (
-            f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={';'.join(signed)}, Signature={signature}"
+            f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_names}, Signature={signature}"
         ),
         "x-amz-date": amz_date,
         "x-amz-content-sha256": payload_hash,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from s3proxy.crypto.envelope import Envelope, rebind
+from s3proxy.crypto.envelope import Envelope, SealContents, rebind
 from s3proxy.http.errors import S3Error
 from s3proxy.keys.base import InvalidWrappedKey, WrappedKey
 from s3proxy.keys.manager import AuditInfo
@@ -185,13 +185,17 @@ def response_headers(ctx: Ctx, env: Envelope) -> dict[str, str]:
     return {SSE: "aws:kms", KMS_KEY: ctx.state.keys.key_id_for_display(env.wrapped)}
 
 
-async def rewrap_for(ctx: Ctx, env: Envelope, dek: bytearray, src_bucket: str, dst_bucket: str, dst_key: str) -> Envelope:
-    """The envelope for a copy of ``env`` at (dst_bucket, dst_key): same DEK and body."""
+async def rewrap_for(
+    ctx: Ctx, env: Envelope, dek: bytearray, src_bucket: str, dst_bucket: str, dst_key: str,
+    sealed: SealContents | None = None,
+) -> Envelope:
+    """The envelope for a copy of ``env`` at (dst_bucket, dst_key): same DEK and body; ``sealed``
+    replaces the sealed block's contents (and makes a v1 source's copy v2), see ``rebind``."""
     ck = _ck(ctx)
     new_ctx = {**dict(env.context), "bucket": dst_bucket}
     if ck is not None:
         wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, new_ctx)
-        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx)
+        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx, sealed=sealed)
     requested = requested_key_id(ctx)
     if env.wrapped.backend == "sse-c" or requested is not None or src_bucket != dst_bucket:
         keys = ctx.state.keys
@@ -201,5 +205,5 @@ async def rewrap_for(ctx: Ctx, env: Envelope, dek: bytearray, src_bucket: str, d
             wrapped = await keys.wrap_data_key(to_key, dek, new_ctx, audit=audit)
         else:
             wrapped = await keys.rewrap(env.wrapped, dict(env.context), to_key, new_ctx, audit=audit)
-        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx)
-    return rebind(env, dek, dst_bucket, dst_key)
+        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx, sealed=sealed)
+    return rebind(env, dek, dst_bucket, dst_key, sealed=sealed)

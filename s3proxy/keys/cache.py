@@ -51,13 +51,22 @@ from .base import (
     KeyServiceError,
     KeyUnavailable,
     WrappedKey,
-    canonical_context,
+    check_context,
     zeroize,
 )
 from .settings import CacheSettings
 
 T = TypeVar("T")
 Side = Literal["encrypt", "decrypt"]
+
+
+def _context_key(context: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The encryption context as a cache key: its sorted pairs, which identify it exactly as its
+    canonical JSON does, without encoding JSON on every request."""
+    pairs = tuple(sorted(context.items()))
+    if not all(type(k) is str and type(v) is str for k, v in pairs):
+        check_context(context)  # raises the TypeError the canonical form raises
+    return pairs
 # "hit": served from cache (including requests that joined another request's
 # backend call), "miss": this request made the backend call, "stale": served
 # past its TTL during a backend outage (offline grace), "off": no cache.
@@ -196,6 +205,7 @@ class DataKeyCache:
         self._down_until: dict[str, float] = {}
         self.stats: dict[Side, CacheStats] = {"encrypt": CacheStats(), "decrypt": CacheStats()}
         self._metrics = _Metrics(registry) if registry is not None else None
+        self._children: dict[tuple[str, str], Any] = {}  # labelled metric children, by (counter, side)
 
     @classmethod
     def from_settings(
@@ -250,8 +260,11 @@ class DataKeyCache:
         if what == "stale_hits":
             m.stale_hits.inc(n)
         elif what not in ("coalesced", "evictions"):  # evictions carry a reason label
-            counter: Any = getattr(m, what)
-            counter.labels(side).inc(n)
+            child = self._children.get((what, side))
+            if child is None:  # labels() validates and locks on every call: look each child up once
+                counter: Any = getattr(m, what)
+                child = self._children[(what, side)] = counter.labels(side)
+            child.inc(n)
 
     def _gauge(self) -> None:
         if self._metrics is not None:
@@ -420,7 +433,7 @@ class DataKeyCache:
             return await load(), "off"
         self._maybe_sweep()
         nbytes = self.unknown_object_bytes if object_bytes is None else max(0, object_bytes)
-        key = (backend, key_id, canonical_context(context))
+        key = (backend, key_id, _context_key(context))
         self._check_negative("encrypt", key)
         if nbytes > self.encrypt_max_bytes:
             # Larger than a whole entry's budget: its own key, never shared.
@@ -504,7 +517,7 @@ class DataKeyCache:
             self._count("decrypt", "backend_calls")
             return await load(), "off"
         self._maybe_sweep()
-        key = (wrapped.backend, wrapped.key_id, wrapped.algorithm, wrapped.blob, canonical_context(context))
+        key = (wrapped.backend, wrapped.key_id, wrapped.algorithm, wrapped.blob, _context_key(context))
         self._check_negative("decrypt", key)
         entry = self._read.get(key)
         if entry is not None:

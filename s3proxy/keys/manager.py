@@ -165,6 +165,8 @@ class KeyManager:
         exc: KeyServiceError | None = None,
     ) -> None:
         """One audit line for an object operation that used (or failed to get) a data key."""
+        if not self.audit.enabled:  # target "off": skip building a record nobody writes
+            return
         self.audit.object_event(
             audit,
             backend=backend,

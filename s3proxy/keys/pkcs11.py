@@ -475,98 +475,97 @@ class Pkcs11Backend(KeyBackend):
     async def decrypt_data_key(self, wrapped: WrappedKey, context: Mapping[str, str]) -> bytearray:
         if wrapped.backend != self.name:
             raise InvalidWrappedKey(f"wrapped key belongs to backend {wrapped.backend!r}, not 'pkcs11'")
-        label = wrapped.key_id
         algorithm = wrapped.algorithm
-        aad = wrap_aad(self.name, label, algorithm, check_context(context))
-        blob = wrapped.blob
-
+        aad = wrap_aad(self.name, wrapped.key_id, algorithm, check_context(context))
         if algorithm == GCM_ALGORITHM:
-            if len(blob) != GCM_IV_BYTES + DEK_BYTES + GCM_TAG_BITS // 8:
-                raise InvalidWrappedKey("wrapped data key has the wrong length")
-
-            def gcm(session: _Session) -> bytearray:
-                kek = self._find(session, label, ObjectClass.SECRET_KEY)
-                params = pkcs11.GCMParams(bytes(blob[:GCM_IV_BYTES]), aad, GCM_TAG_BITS)
-                try:
-                    return bytearray(
-                        kek.decrypt(blob[GCM_IV_BYTES:], mechanism=Mechanism.AES_GCM, mechanism_param=params)
-                    )
-                except _BAD_BLOB_ERRORS:
-                    raise InvalidWrappedKey(
-                        "wrapped data key does not authenticate (tampered, wrong key or wrong context)"
-                    ) from None
-
-            dek = await self._run(gcm)
-            if len(dek) != DEK_BYTES:
-                zeroize(dek)
-                raise InvalidWrappedKey("unwrapped data key has the wrong length")
-            return dek
-
+            return await self._unwrap_gcm(wrapped.key_id, bytes(wrapped.blob), aad)
         if algorithm.startswith(KWP_PREFIX):
-            mechanism = _parse_kwp(algorithm)
-            if len(blob) <= CONTEXT_MAC_BYTES:
-                raise InvalidWrappedKey("wrapped data key is too short")
-            sealed, tag = bytes(blob[:-CONTEXT_MAC_BYTES]), bytes(blob[-CONTEXT_MAC_BYTES:])
-
-            def kwp_unwrap(session: _Session) -> bytearray:
-                kek = self._find(session, label, ObjectClass.SECRET_KEY)
-                try:
-                    temp = kek.unwrap_key(
-                        ObjectClass.SECRET_KEY,
-                        KeyType.AES,
-                        sealed,
-                        mechanism=mechanism,
-                        store=False,
-                        template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
-                    )
-                except _BAD_BLOB_ERRORS:
-                    raise InvalidWrappedKey("wrapped data key does not unwrap (tampered or wrong key)") from None
-                try:
-                    return bytearray(temp[Attribute.VALUE])
-                finally:
-                    temp.destroy()
-
-            dek = await self._run(kwp_unwrap)
-            return self._verify_mac(dek, sealed, tag, aad)
-
+            return await self._unwrap_kwp(wrapped.key_id, _parse_kwp(algorithm), bytes(wrapped.blob), aad)
         if algorithm.startswith(RSA_PREFIX):
-            hash_name = algorithm[len(RSA_PREFIX) :]
-            if hash_name not in _OAEP:
-                raise InvalidWrappedKey(f"unsupported pkcs11 wrap algorithm {algorithm!r}")
-            hash_mech, mgf, _ = _OAEP[hash_name]
-            if self._settings.encrypt_only:
-                raise self._encrypt_only_error(label)
-            if len(blob) <= CONTEXT_MAC_BYTES:
-                raise InvalidWrappedKey("wrapped data key is too short")
-            sealed, tag = bytes(blob[:-CONTEXT_MAC_BYTES]), bytes(blob[-CONTEXT_MAC_BYTES:])
-
-            def rsa_decrypt(session: _Session) -> bytearray:
-                try:
-                    private = self._find(session, label, ObjectClass.PRIVATE_KEY)
-                except KeyNotFound:
-                    try:
-                        self._find(session, label, ObjectClass.PUBLIC_KEY)
-                    except KeyNotFound:
-                        raise KeyNotFound(f"no PKCS#11 RSA key pair labelled {label!r}") from None
-                    raise self._encrypt_only_error(label) from None
-                try:
-                    return bytearray(
-                        private.decrypt(
-                            sealed, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(hash_mech, mgf, None)
-                        )
-                    )
-                except _UNSUPPORTED_ERRORS as exc:
-                    raise KeyServiceError(
-                        f"the PKCS#11 token rejected {algorithm} ({type(exc).__name__}); "
-                        "SoftHSM2 2.6 implements RSA-OAEP with SHA-1 only"
-                    ) from None
-                except _BAD_BLOB_ERRORS:
-                    raise InvalidWrappedKey("wrapped data key does not decrypt (tampered or wrong key)") from None
-
-            dek = await self._run(rsa_decrypt)
-            return self._verify_mac(dek, sealed, tag, aad)
-
+            return await self._unwrap_rsa(wrapped.key_id, algorithm, bytes(wrapped.blob), aad)
         raise InvalidWrappedKey(f"unsupported pkcs11 wrap algorithm {algorithm!r}")
+
+    async def _unwrap_gcm(self, label: str, blob: bytes, aad: bytes) -> bytearray:
+        """AES-GCM on the token, the wrap AAD authenticated by the token."""
+        if len(blob) != GCM_IV_BYTES + DEK_BYTES + GCM_TAG_BITS // 8:
+            raise InvalidWrappedKey("wrapped data key has the wrong length")
+
+        def gcm(session: _Session) -> bytearray:
+            kek = self._find(session, label, ObjectClass.SECRET_KEY)
+            params = pkcs11.GCMParams(blob[:GCM_IV_BYTES], aad, GCM_TAG_BITS)
+            try:
+                return bytearray(kek.decrypt(blob[GCM_IV_BYTES:], mechanism=Mechanism.AES_GCM, mechanism_param=params))
+            except _BAD_BLOB_ERRORS:
+                raise InvalidWrappedKey(
+                    "wrapped data key does not authenticate (tampered, wrong key or wrong context)"
+                ) from None
+
+        dek = await self._run(gcm)
+        if len(dek) != DEK_BYTES:
+            zeroize(dek)
+            raise InvalidWrappedKey("unwrapped data key has the wrong length")
+        return dek
+
+    async def _unwrap_kwp(self, label: str, mechanism: Mechanism, blob: bytes, aad: bytes) -> bytearray:
+        """AES key wrap (with padding) on the token; the context is checked by our MAC after unwrapping."""
+        if len(blob) <= CONTEXT_MAC_BYTES:
+            raise InvalidWrappedKey("wrapped data key is too short")
+        sealed, tag = blob[:-CONTEXT_MAC_BYTES], blob[-CONTEXT_MAC_BYTES:]
+
+        def kwp_unwrap(session: _Session) -> bytearray:
+            kek = self._find(session, label, ObjectClass.SECRET_KEY)
+            try:
+                temp = kek.unwrap_key(
+                    ObjectClass.SECRET_KEY,
+                    KeyType.AES,
+                    sealed,
+                    mechanism=mechanism,
+                    store=False,
+                    template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+                )
+            except _BAD_BLOB_ERRORS:
+                raise InvalidWrappedKey("wrapped data key does not unwrap (tampered or wrong key)") from None
+            try:
+                return bytearray(temp[Attribute.VALUE])
+            finally:
+                temp.destroy()
+
+        return self._verify_mac(await self._run(kwp_unwrap), sealed, tag, aad)
+
+    async def _unwrap_rsa(self, label: str, algorithm: str, blob: bytes, aad: bytes) -> bytearray:
+        """RSA-OAEP with the token's private key; the context is checked by our MAC after decrypting."""
+        hash_name = algorithm[len(RSA_PREFIX) :]
+        if hash_name not in _OAEP:
+            raise InvalidWrappedKey(f"unsupported pkcs11 wrap algorithm {algorithm!r}")
+        hash_mech, mgf, _ = _OAEP[hash_name]
+        if self._settings.encrypt_only:
+            raise self._encrypt_only_error(label)
+        if len(blob) <= CONTEXT_MAC_BYTES:
+            raise InvalidWrappedKey("wrapped data key is too short")
+        sealed, tag = blob[:-CONTEXT_MAC_BYTES], blob[-CONTEXT_MAC_BYTES:]
+
+        def rsa_decrypt(session: _Session) -> bytearray:
+            try:
+                private = self._find(session, label, ObjectClass.PRIVATE_KEY)
+            except KeyNotFound:
+                try:
+                    self._find(session, label, ObjectClass.PUBLIC_KEY)
+                except KeyNotFound:
+                    raise KeyNotFound(f"no PKCS#11 RSA key pair labelled {label!r}") from None
+                raise self._encrypt_only_error(label) from None
+            try:
+                return bytearray(
+                    private.decrypt(sealed, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(hash_mech, mgf, None))
+                )
+            except _UNSUPPORTED_ERRORS as exc:
+                raise KeyServiceError(
+                    f"the PKCS#11 token rejected {algorithm} ({type(exc).__name__}); "
+                    "SoftHSM2 2.6 implements RSA-OAEP with SHA-1 only"
+                ) from None
+            except _BAD_BLOB_ERRORS:
+                raise InvalidWrappedKey("wrapped data key does not decrypt (tampered or wrong key)") from None
+
+        return self._verify_mac(await self._run(rsa_decrypt), sealed, tag, aad)
 
     @staticmethod
     def _verify_mac(dek: bytearray, sealed: bytes, tag: bytes, aad: bytes) -> bytearray:

@@ -49,7 +49,7 @@ BACKENDS: Mapping[str, BackendSpec] = MappingProxyType(
             class_name="AwsKmsBackend",
             settings_field="aws_kms",
             requires=("aiobotocore", "botocore", "aiohttp"),
-            install_hint="pip install aiobotocore",
+            install_hint="pip install 's3proxy[kms]' (aiobotocore)",
         ),
         "pkcs11": BackendSpec(
             name="pkcs11",
@@ -58,7 +58,7 @@ BACKENDS: Mapping[str, BackendSpec] = MappingProxyType(
             settings_field="pkcs11",
             requires=("pkcs11",),
             install_hint=(
-                "pip install python-pkcs11 (and install your HSM's PKCS#11 module, e.g. apt-get install softhsm2)"
+                "pip install 's3proxy[pkcs11]' (python-pkcs11; and install your HSM's PKCS#11 module, e.g. apt-get install softhsm2)"
             ),
         ),
     }

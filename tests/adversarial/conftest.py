@@ -6,9 +6,10 @@
 - ``storage``: a client straight to the backend with the backend's credentials (A1-A3).
 - anonymous requests are made with ``tests.integration.helpers.send`` and no signature.
 
-The proxy here runs in front of moto, which accepts requests AWS refuses (an upload id
-under another key, two auth mechanisms): a defence that holds here does not lean on the
-backend.  ``strict_proxy`` runs in front of the embedded devstore, which refuses them.
+The proxy here runs in front of the suite's backend (``S3PROXY_TEST_BACKEND``; the strict
+embedded store by default; with moto, which accepts requests AWS refuses (an upload id under
+another key, two auth mechanisms), a defence that holds does not lean on the backend).
+``strict_proxy`` always runs in front of the embedded devstore, which refuses them.
 """
 
 from __future__ import annotations

@@ -79,7 +79,7 @@ def test_envelope_moved_onto_another_body(attack_proxy: Any, victim: Any, storag
 @pytest.mark.parametrize(
     "field,value",
     [
-        ("s3proxy-v", "2"), ("s3proxy-v", "x"), ("s3proxy-layout", "Z"), ("s3proxy-id", "AAAA"),
+        ("s3proxy-v", "1"), ("s3proxy-v", "3"), ("s3proxy-v", "x"), ("s3proxy-layout", "Z"), ("s3proxy-id", "AAAA"),
         ("s3proxy-key", "local;k1;AES256-GCM;!!"), ("s3proxy-key", "nope"), ("s3proxy-ctx", "e30"),
         ("s3proxy-mac", "A" * 43), ("s3proxy-key", "sse-c;x;none;AAAA"),
     ],

@@ -142,15 +142,10 @@ def test_bucket_config_calls_answer_minimally(s3: Any, bucket: str) -> None:
         (lambda: s3.get_bucket_tagging(Bucket=bucket), "NoSuchTagSet"),
         (lambda: s3.get_bucket_lifecycle_configuration(Bucket=bucket), "NoSuchLifecycleConfiguration"),
         (lambda: s3.get_bucket_encryption(Bucket=bucket), "ServerSideEncryptionConfigurationNotFoundError"),
-        (
-            lambda: s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}),
-            "NotImplemented",
-        ),
-        (
-            lambda: s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}),
-            "NotImplemented",
-        ),
-        (lambda: s3.list_object_versions(Bucket=bucket), "NotImplemented"),
+        (lambda: s3.get_bucket_website(Bucket=bucket), "NoSuchWebsiteConfiguration"),
+        (lambda: s3.put_bucket_replication(Bucket=bucket, ReplicationConfiguration={
+            "Role": "arn:aws:iam::1:role/r", "Rules": [{"Status": "Enabled", "Destination": {"Bucket": "arn:aws:s3:::x"}}]}),
+         "NotImplemented"),
     ):
         with pytest.raises(ClientError) as e:
             call()
@@ -847,12 +842,14 @@ def test_malformed_requests(devstore: DevStoreThread, s3: Any, bucket: str) -> N
         ("GET", f"/{bucket}", [("max-keys", "many")], b"", "InvalidArgument", 400),
         ("GET", f"/{bucket}", [("encoding-type", "base64")], b"", "InvalidArgument", 400),
         ("GET", f"/{bucket}/k", [("select", "")], b"", "NotImplemented", 501),
-        ("PUT", f"/{bucket}/k", [("tagging", "")], b"<Tagging/>", "NotImplemented", 501),
+        ("PUT", f"/{bucket}/k", [("tagging", "")], b"<Tagging/>", "MalformedXML", 400),
+        ("PUT", f"/{bucket}/k", [("legal-hold", "")], b"<LegalHold/>", "NotImplemented", 501),
         ("POST", f"/{bucket}/k", [("restore", "")], b"", "NotImplemented", 501),
         ("DELETE", "/", [], b"", "MethodNotAllowed", 405),
         ("PUT", f"/{bucket}/k", [], b"x", "InvalidArgument", 400),  # bad copy source, see headers below
         ("GET", "/%FF%FE/k", [], b"", "InvalidURI", 400),
-        ("GET", f"/{bucket}/k", [("versionId", "123")], b"", "NoSuchVersion", 404),
+        ("GET", f"/{bucket}/k", [("versionId", "123")], b"", "InvalidArgument", 400),  # not a version id
+        ("GET", f"/{bucket}/k", [("versionId", "0" * 20 + "a" * 12)], b"", "NoSuchVersion", 404),
     ):
         headers = {"x-amz-copy-source": "nobucketorkey"} if code == "InvalidArgument" and method == "PUT" and not query else {}
         got_status, resp_headers, data = devstore.request(method, path, query, headers=headers, body=body)

@@ -355,14 +355,9 @@ def multipart_upload(client: Any, bucket: str, key: str, parts: list[bytes], **c
 
 
 def empty_bucket(client: Any, name: str) -> None:
-    with contextlib.suppress(Exception):
-        paginator = client.get_paginator("list_object_versions")
-        for page in paginator.paginate(Bucket=name):
-            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                client.delete_object(Bucket=name, Key=v["Key"], VersionId=v["VersionId"])
-        for u in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
-            client.abort_multipart_upload(Bucket=name, Key=u["Key"], UploadId=u["UploadId"])
-        client.delete_bucket(Bucket=name)
+    from tests.conftest import empty_and_delete_bucket
+
+    empty_and_delete_bucket(client, name)
 
 
 @contextlib.contextmanager

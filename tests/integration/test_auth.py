@@ -48,6 +48,7 @@ from tests.integration.helpers import (
 # --------------------------------------------------------------------- identities and signatures
 
 
+@pytest.mark.smoke
 def test_valid_signature_works(proxy, s3, bucket):
     data = rand(1000)
     r = signed(proxy, "PUT", bucket, "ok", body=data)
@@ -100,6 +101,7 @@ def test_tampered_after_signing(proxy, s3, bucket, what):
         assert s3.get_object(Bucket=bucket, Key="a")["Body"].read() == b"A"
 
 
+@pytest.mark.smoke
 def test_presigned_expired(proxy, s3, bucket):
     s3.put_object(Bucket=bucket, Key="p", Body=b"presigned")
     s3 = presigner(proxy)
@@ -362,6 +364,7 @@ def test_huge_header(proxy, s3, bucket):
     _after(s3, bucket)
 
 
+@pytest.mark.smoke
 def test_aws_chunked_raw_upload_complete(proxy, s3, bucket):
     """The hand-built aws-chunked framing used below is accepted when complete."""
     data = rand(200 * KiB + 5)
@@ -415,6 +418,7 @@ def test_body_cut_off(proxy, s3, raw, bucket, mode):
     _after(s3, bucket)
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("mode", ["chunked", "content-length"])
 def test_body_cut_off_keeps_old_version(proxy, s3, bucket, mode):
     s3.put_object(Bucket=bucket, Key="cut", Body=b"old")

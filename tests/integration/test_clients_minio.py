@@ -62,6 +62,7 @@ class Unsized(io.RawIOBase):
         return len(chunk)
 
 
+@pytest.mark.needs("aws_responses")
 def test_buckets(mc):
     name = unique("mn-")
     mc.make_bucket(name)
@@ -85,6 +86,8 @@ def test_put_get_stat_small(mc, mbucket, size):
     assert not any("s3proxy" in k.lower() for k in st.metadata)
 
 
+@pytest.mark.needs("multipart_etags")
+@pytest.mark.smoke
 @pytest.mark.parametrize("known_length", [True, False], ids=["length", "unknown-length"])
 def test_put_multipart_stream(mc, mbucket, known_length):
     data = rand(12 * MiB + 5)
@@ -112,6 +115,7 @@ def test_get_offset_length_single(mc, mbucket):
     assert ei.value.code == "InvalidRange"
 
 
+@pytest.mark.smoke
 def test_list_objects(mc, mbucket):
     sizes = {"a/1": 10, "a/b/2": 20_000, "c": 0, "d/e/f/3": 16_385}
     for k, n in sizes.items():
@@ -165,6 +169,7 @@ def test_copy_object(mc, mbucket, multipart):
         mc.remove_bucket(other)
 
 
+@pytest.mark.smoke
 def test_compose_object(mc, mbucket):
     """compose_object = CreateMultipartUpload + UploadPartCopy with source ranges (and an unquoted ETag condition)."""
     a, b = rand(PART + 10), rand(3000)

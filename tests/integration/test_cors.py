@@ -41,6 +41,8 @@ def cors_bucket(s3, bucket):
     return bucket
 
 
+@pytest.mark.needs("bucket_config")
+@pytest.mark.smoke
 def test_allowed_preflight(proxy, cors_bucket):
     sent = proxy.state.backend.requests_sent
     r = preflight(proxy, cors_bucket, method="PUT", headers="content-type, X-Amz-Meta-Colour")
@@ -60,6 +62,7 @@ def test_allowed_preflight(proxy, cors_bucket):
     assert proxy.state.backend.requests_sent == sent + 1
 
 
+@pytest.mark.needs("bucket_config")
 def test_key_path_and_wildcards(proxy, cors_bucket):
     r = preflight(proxy, cors_bucket, "some/key.txt", origin="https://a.b.wild.example", method="DELETE",
                   headers="X-Anything, authorization")
@@ -86,16 +89,19 @@ def test_key_path_and_wildcards(proxy, cors_bucket):
     {"method": "get"},                                           # methods are exact
     {"method": "PUT", "headers": "content-type, x-custom"},      # one header not allowed
 ])
+@pytest.mark.needs("bucket_config")
 def test_refused_preflight(proxy, cors_bucket, kw):
     err = assert_s3_error(preflight(proxy, cors_bucket, "k", **kw), 403, "AccessForbidden")
     assert err["Message"].startswith("CORSResponse: This CORS request is not allowed.")
 
 
+@pytest.mark.needs("bucket_config")
 def test_no_cors_configuration(proxy, bucket):
     assert_s3_error(preflight(proxy, bucket), 403, "AccessForbidden")
     assert_s3_error(preflight(proxy, bucket + "-missing", "k"), 403, "AccessForbidden")
 
 
+@pytest.mark.needs("bucket_config")
 @pytest.mark.parametrize("kw", [{"origin": None}, {"method": None}, {"origin": None, "method": None}])
 def test_insufficient_information(proxy, cors_bucket, kw):
     err = assert_s3_error(preflight(proxy, cors_bucket, "k", **kw), 400, "BadRequest")
@@ -119,6 +125,7 @@ def _with_origin(s3, origin):
     s3.meta.events.register("before-sign.s3.*", add)
 
 
+@pytest.mark.needs("bucket_config")
 def test_actual_request_passthrough(proxy, s3):
     """A normal request with Origin on a passthrough bucket: the backend's CORS headers reach the client."""
     name = "plain-passthrough"
@@ -138,6 +145,8 @@ def test_actual_request_passthrough(proxy, s3):
         s3.delete_bucket_cors(Bucket=name)
 
 
+@pytest.mark.needs("bucket_config")
+@pytest.mark.smoke
 def test_actual_request_encrypted(proxy, cors_bucket):
     """The same on an encrypted bucket: PUT and GET forward Origin (objects.read_headers)."""
     c = proxy.client()

@@ -73,6 +73,7 @@ def raw_rewrite_multipart(raw, bucket, key, part_bodies, meta_from=None):
 
 @pytest.mark.parametrize("how", ["single", "empty", "multipart", "copy-single", "copy-multipart", "copy-other-bucket",
                                  "upload-part-copy", "aws-chunked"])
+@pytest.mark.smoke
 def test_no_plaintext_on_backend(proxy, s3, raw, bucket, bucket2, how):
     if how == "empty":
         s3.put_object(Bucket=bucket, Key="k", Body=b"")
@@ -190,6 +191,7 @@ def test_tampered_single(proxy, s3, raw, bucket, kind):
     assert s3.get_object(Bucket=bucket, Key="control")["Body"].read() == data
 
 
+@pytest.mark.smoke
 def test_tampered_single_via_boto3(s3, raw, bucket):
     """What a real client sees: an exception, not data."""
     data = rand(S_SIZE)
@@ -221,6 +223,7 @@ def test_splice_chunk_from_other_object(proxy, s3, raw, bucket):
     check_tampered(proxy, bucket, "a", a, ["bytes=32768-32800"], "bytes=0-99")
 
 
+@pytest.mark.needs("aws_responses")
 @pytest.mark.parametrize("across", [False, True], ids=["same-bucket", "other-bucket"])
 @pytest.mark.parametrize("layout", ["single", "multi"])
 def test_copy_around_proxy_fails(proxy, s3, raw, bucket, bucket2, across, layout):
@@ -245,6 +248,7 @@ def test_copy_around_proxy_fails(proxy, s3, raw, bucket, bucket2, across, layout
     assert s3.get_object(Bucket=dst, Key="proper")["Body"].read() == data
 
 
+@pytest.mark.needs("aws_responses")
 @pytest.mark.parametrize("field", ["s3proxy-mac", "s3proxy-id", "s3proxy-key", "s3proxy-v", "s3proxy-layout", "drop-all"])
 def test_tampered_metadata(proxy, s3, raw, bucket, field):
     data = rand(S_SIZE)
@@ -321,6 +325,7 @@ K_CASES = [pytest.param(k, MP_PARTS[1], id=k) for k in K_TAMPER] + [
 ]
 
 
+@pytest.mark.needs("part_number")
 @pytest.mark.parametrize("kind,mp_object", K_CASES, indirect=["mp_object"])
 def test_tampered_multipart(proxy, s3, raw, bucket, mp_object, kind):
     data, (c1, c2) = mp_object
@@ -330,6 +335,7 @@ def test_tampered_multipart(proxy, s3, raw, bucket, mp_object, kind):
     check_tampered(proxy, bucket, "mp", data, bad, maybe)
 
 
+@pytest.mark.needs("part_number")
 def test_multipart_part_from_other_upload(proxy, s3, raw, bucket, mp_object):
     """Part 2 replaced by part 2 of another object of the same shape (same sizes)."""
     data, (c1, _) = mp_object
@@ -339,6 +345,8 @@ def test_multipart_part_from_other_upload(proxy, s3, raw, bucket, mp_object):
     check_tampered(proxy, bucket, "mp", data, [f"bytes={PART}-{PART + 9}"], "bytes=0-99")
 
 
+@pytest.mark.needs("part_number")
+@pytest.mark.smoke
 def test_multipart_collapsed_to_single_put(proxy, s3, raw, bucket, mp_object):
     """The same (authentic) ciphertext stored with one PUT, no ``-N`` ETag: refused or read exactly, never misread."""
     data, (c1, c2) = mp_object
@@ -351,12 +359,14 @@ def test_multipart_collapsed_to_single_put(proxy, s3, raw, bucket, mp_object):
             assert_read_fails(r)
 
 
+@pytest.mark.needs("part_number")
 def test_multipart_truncated_and_collapsed(proxy, s3, raw, bucket, mp_object):
     data, (c1, c2) = mp_object
     raw_rewrite(raw, bucket, "mp", c1 + c2[:-16])
     assert_read_fails(get_via_proxy(proxy, bucket, "mp"))
 
 
+@pytest.mark.smoke
 def test_multipart_parts_swapped_positions(proxy, s3, raw, bucket):
     """Two equal-size parts stored in the opposite order."""
     parts = [rand(PART), rand(PART)]
@@ -424,6 +434,7 @@ def test_checksum_header_match_echoed(s3, bucket):
     assert got["Body"].read() == data  # boto3 validates any checksum it gets back: none may be of ciphertext
 
 
+@pytest.mark.smoke
 def test_checksum_trailer_mismatch(proxy, s3, raw, bucket):
     data = rand(300_000)
     bad = b"x-amz-checksum-crc32:" + _crc32_b64(data + b"!").encode()
@@ -465,6 +476,8 @@ def _count(proxy, fn):
     return proxy.state.backend.requests_sent - before, result
 
 
+@pytest.mark.needs("multipart_etags")
+@pytest.mark.smoke
 @pytest.mark.parametrize("op", ["v2", "v1", "versions"])
 def test_listing_makes_one_backend_request(proxy, s3, twenty, op):
     bucket, expected = twenty
@@ -478,6 +491,7 @@ def test_listing_makes_one_backend_request(proxy, s3, twenty, op):
     assert {o["Key"]: o["Size"] for o in entries} == expected
 
 
+@pytest.mark.needs("multipart_etags")
 def test_head_and_get_request_counts(proxy, s3, twenty):
     bucket, expected = twenty
     n, head = _count(proxy, lambda: s3.head_object(Bucket=bucket, Key="obj/05"))

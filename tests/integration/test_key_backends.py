@@ -157,6 +157,7 @@ def test_copy_within_and_across_buckets(kp: KeyedProxy, kb: str) -> None:
             assert kms_key_of(s3.head_object(Bucket=dst_bucket, Key="copy-k")) == kp.default
 
 
+@pytest.mark.smoke
 def test_sse_c(kp: KeyedProxy, kb: str, raw: Any) -> None:
     s3 = kp.s3
     key, wrong = os.urandom(32), os.urandom(32)
@@ -190,6 +191,7 @@ def test_sse_c(kp: KeyedProxy, kb: str, raw: Any) -> None:
     assert_no_plaintext(data, stored["Body"].read())
 
 
+@pytest.mark.needs("list_uploads")
 def test_sse_kms_request_headers(kp: KeyedProxy, kb: str, raw: Any) -> None:
     s3 = kp.s3
     put = s3.put_object(Bucket=kb, Key="allowed", Body=b"allowed", ServerSideEncryption="aws:kms",
@@ -239,6 +241,7 @@ def kms_written(backend: Any, kms: Kms) -> Iterator[tuple[str, bytes]]:  # noqa:
         stop_proxy(p)
 
 
+@pytest.mark.needs("list_uploads")
 def test_kms_unreachable_fails_closed(backend: Any, kms: Kms, kms_written: tuple[str, bytes], raw: Any) -> None:  # noqa: F811
     bucket, data = kms_written
     down = kms_proxy(backend, kms, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2,

@@ -75,6 +75,8 @@ def snapshot(raw: Any, s3: Any, bucket: str, key: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.needs("multipart_etags")
+@pytest.mark.smoke
 def test_rewrap_single_and_multipart(kproxy: Any, kbucket: str, raw: Any, backend: Any, tmp_path: Path) -> None:
     s3, bucket = kproxy.client(), kbucket
     single = os.urandom(100_000)
@@ -313,6 +315,7 @@ def test_rewrap_with_aws_kms_uses_reencrypt(backend: Any, kms: Kms, tmp_path: Pa
         stop_proxy(p)
 
 
+@pytest.mark.needs("part_number")
 def test_rewrap_multipart_from_part_headers(kproxy: Any, kbucket: str, raw: Any, tmp_path: Path) -> None:
     """A backend that does not answer ``HEAD ?partNumber=``: the part table comes from 70-byte part headers."""
     import aiohttp

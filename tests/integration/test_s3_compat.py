@@ -36,6 +36,7 @@ def _self_copy(proxy: Any, bucket: str, key: str, headers: dict[str, str] | None
 
 @pytest.mark.parametrize("extra", [{}, {"x-amz-metadata-directive": "COPY"}, {"x-amz-meta-v": "2"},
                                    {"x-amz-acl": "private"}, {"Content-Type": "text/plain"}])
+@pytest.mark.smoke
 def test_self_copy_without_change_is_refused(proxy: Any, s3: Any, bucket: str, extra: dict[str, str]) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"body", Metadata={"v": "1"})
     before = s3.head_object(Bucket=bucket, Key="k")
@@ -71,6 +72,7 @@ def test_copy_to_another_key_or_bucket_needs_no_change(s3: Any, bucket: str) -> 
     assert s3.get_object(Bucket=bucket, Key="k2")["Body"].read() == b"body"
 
 
+@pytest.mark.needs("versioning")
 def test_self_copy_of_a_named_version_is_a_restore(s3: Any, bucket: str) -> None:
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     v1 = s3.put_object(Bucket=bucket, Key="k", Body=b"one")["VersionId"]
@@ -138,6 +140,7 @@ def mp_object(s3: Any, bucket: str) -> tuple[str, list[bytes]]:
     return bucket, parts
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_part_number_beyond_the_parts(proxy: Any, mp_object: tuple[str, list[bytes]], method: str) -> None:
     bucket, _ = mp_object

@@ -7,6 +7,7 @@ import os
 import pytest
 
 
+@pytest.mark.smoke
 def test_put_get_roundtrip(s3, raw, bucket):
     data = os.urandom(100_000)
     s3.put_object(Bucket=bucket, Key="a/b c+d%e", Body=data)
@@ -25,6 +26,7 @@ def test_put_get_roundtrip(s3, raw, bucket):
 
 @pytest.mark.parametrize("rng,sl", [("bytes=0-0", slice(0, 1)), ("bytes=10-20000", slice(10, 20001)),
                                     ("bytes=-100", slice(-100, None)), ("bytes=99990-", slice(99990, None))])
+@pytest.mark.smoke
 def test_ranges(s3, bucket, rng, sl):
     data = os.urandom(100_000)
     s3.put_object(Bucket=bucket, Key="r", Body=data)
@@ -32,6 +34,7 @@ def test_ranges(s3, bucket, rng, sl):
     assert got["Body"].read() == data[sl]
 
 
+@pytest.mark.smoke
 def test_multipart(s3, bucket):
     part = 5 * 1024 * 1024
     data = os.urandom(part * 2 + 1234)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -266,8 +267,8 @@ def test_registry_names() -> None:
 
 @pytest.mark.parametrize(
     ("name", "module", "dependency", "hint"),
-    [("pkcs11", "s3proxy.keys.pkcs11", "pkcs11", "pip install python-pkcs11"),
-     ("aws-kms", "s3proxy.keys.aws_kms", "aiobotocore", "pip install aiobotocore")],
+    [("pkcs11", "s3proxy.keys.pkcs11", "pkcs11", re.escape("pip install 's3proxy[pkcs11]' (python-pkcs11")),
+     ("aws-kms", "s3proxy.keys.aws_kms", "aiobotocore", re.escape("pip install 's3proxy[kms]' (aiobotocore)"))],
 )
 def test_missing_dependency_gives_install_hint(
     monkeypatch: pytest.MonkeyPatch, name: str, module: str, dependency: str, hint: str

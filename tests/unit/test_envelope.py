@@ -12,12 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s3proxy.crypto.envelope import ENVELOPE_KEYS as ALL_KEYS
 from s3proxy.crypto.envelope import (
-    ENVELOPE_KEYS,
     METADATA_BUDGET,
     RESERVED_PREFIX,
+    SEALED_VERSION,
     EncryptionContext,
     Envelope,
+    SealContents,
     decode_metadata,
     decode_upload_token,
     encode_metadata,
@@ -25,15 +27,18 @@ from s3proxy.crypto.envelope import (
     is_reserved,
     make_envelope,
     new_object_id,
+    open_seal,
     rebind,
     verify_binding,
     verify_upload_token,
 )
+from s3proxy.crypto.envelope import V1_KEYS as ENVELOPE_KEYS
 from s3proxy.crypto.format import (
     BindingMismatch,
     InvalidUploadToken,
     MalformedMetadata,
     MetadataTooLarge,
+    SealAuthenticationFailed,
     UnsupportedFormatVersion,
 )
 from s3proxy.keys.base import WrappedKey
@@ -91,12 +96,12 @@ def test_missing_metadata_is_none() -> None:
 
 def test_unknown_version() -> None:
     meta = encode_metadata(env())
-    for v in ("2", "0", "01", "", "v1"):
+    for v in ("3", "0", "01", "02", "", "v1"):
         with pytest.raises(UnsupportedFormatVersion):
             decode_metadata({**meta, "s3proxy-v": v})
     # the version is checked before anything else: a v2 object with other fields fails on the version
     with pytest.raises(UnsupportedFormatVersion):
-        decode_metadata({"s3proxy-v": "2", "s3proxy-new-field": "x"})
+        decode_metadata({"s3proxy-v": "3", "s3proxy-new-field": "x"})
 
 
 @pytest.mark.parametrize("missing", ENVELOPE_KEYS)
@@ -429,3 +434,138 @@ def test_upload_token_trailing_and_context() -> None:
     not_canonical = body[: -len(b'{"bucket":"photos"}') - 2] + len(spaced).to_bytes(2, "big") + spaced
     with pytest.raises(InvalidUploadToken):
         decode_upload_token(b64u(not_canonical + tag))
+
+
+# -- envelope v2: the sealed block (FORMAT.md 8) -------------------------------------------------
+
+CONTENTS = SealContents({"color": "blue", "ü": "\udcff"}, {"alg": "SHA256", "v": "x", "type": "FULL_OBJECT"}, '"e"')
+
+
+def env2(contents: SealContents = CONTENTS, bucket: str = "photos", key: str = "a/b.jpg", layout: str = "S") -> Envelope:
+    return make_envelope(DEK, layout, OID, WRAPPED, CTX, bucket, key, sealed=contents)  # type: ignore[arg-type]
+
+
+def seal_of(e: Envelope) -> str:
+    return encode_metadata(e)["s3proxy-seal"]
+
+
+def test_v2_round_trip() -> None:
+    e = env2()
+    meta = encode_metadata(e)
+    assert set(meta) == set(ALL_KEYS) and meta["s3proxy-v"] == "2"
+    d = decode_metadata(meta)
+    assert d == e and d is not None and d.version == SEALED_VERSION
+    verify_binding(d, DEK, "photos", "a/b.jpg")
+    assert open_seal(d, DEK) == CONTENTS
+    assert open_seal(env(), DEK) is None  # v1: nothing sealed
+    # fresh salt per envelope: the same contents never give the same block
+    assert seal_of(env2()) != seal_of(env2())
+
+
+def test_v2_nothing_in_the_clear() -> None:
+    meta = encode_metadata(env2(SealContents({"patient": "jane-doe-marker"})))
+    text = json.dumps(meta)
+    assert "patient" not in text and "jane-doe-marker" not in text
+
+
+def _with_seal(e: Envelope, seal: bytes) -> Envelope:
+    return dataclasses.replace(e, seal=seal)
+
+
+def test_v2_tampered_seal_fails() -> None:
+    e = env2()
+    for i in (0, 23, 24, len(e.seal) - 17, len(e.seal) - 1):  # salt, ciphertext, tag
+        bad = bytearray(e.seal)
+        bad[i] ^= 1
+        with pytest.raises(SealAuthenticationFailed):
+            open_seal(_with_seal(e, bytes(bad)), DEK)
+    with pytest.raises(SealAuthenticationFailed):
+        open_seal(e, OTHER_DEK)
+    # the block of another object (another binding as associated data) fails, even with the same DEK
+    other = env2(key="other")
+    with pytest.raises(SealAuthenticationFailed):
+        open_seal(_with_seal(e, other.seal), DEK)
+
+
+def test_v2_seal_length_is_bound() -> None:
+    e = env2()
+    for seal in (e.seal[:-1], e.seal + b"\x00", e.seal[:40]):
+        with pytest.raises(BindingMismatch):
+            verify_binding(_with_seal(e, seal), DEK, "photos", "a/b.jpg")
+
+
+def test_v2_malformed_metadata() -> None:
+    meta = encode_metadata(env2())
+    with pytest.raises(MalformedMetadata):
+        decode_metadata({k: v for k, v in meta.items() if k != "s3proxy-seal"})
+    with pytest.raises(MalformedMetadata):
+        decode_metadata({**meta, "s3proxy-seal": "AAAA"})  # shorter than salt + tag
+    with pytest.raises(MalformedMetadata):
+        decode_metadata({**meta, "s3proxy-seal": meta["s3proxy-seal"] + "="})
+    with pytest.raises(MalformedMetadata):  # v1 label with a sealed block
+        decode_metadata({**meta, "s3proxy-v": "1"})
+
+
+def test_v2_downgrade_to_v1_fails_the_binding() -> None:
+    """A v2 object relabelled v1 (sealed block dropped, plaintext metadata added) does not verify."""
+    meta = encode_metadata(env2())
+    del meta["s3proxy-seal"]
+    meta["s3proxy-v"] = "1"
+    d = decode_metadata(meta)
+    assert d is not None and d.version == 1
+    with pytest.raises(BindingMismatch):
+        verify_binding(d, DEK, "photos", "a/b.jpg")
+    # and a v1 object relabelled v2 with any block
+    m1 = {**encode_metadata(env()), "s3proxy-v": "2", "s3proxy-seal": seal_of(env2())}
+    d1 = decode_metadata(m1)
+    assert d1 is not None
+    with pytest.raises(BindingMismatch):
+        verify_binding(d1, DEK, "photos", "a/b.jpg")
+
+
+def _forge_seal(e: Envelope, plaintext: bytes) -> Envelope:
+    """A block holding ``plaintext`` that authenticates (a writer who has the DEK: only s3proxy)."""
+    from s3proxy.crypto import envelope as envmod
+
+    salt = bytes(24)
+    size = len(plaintext) + 40
+    binding = envmod._binding_mac(DEK, 2, e.layout, e.object_id, e.wrapped, e.context, "photos", "a/b.jpg", size)
+    aead, nonce = envmod._seal_cipher(DEK, salt)
+    return dataclasses.replace(e, binding=binding, seal=salt + aead.encrypt(nonce, plaintext, binding))
+
+
+@pytest.mark.parametrize(
+    "plaintext",
+    [b"", b"[]", b'{"m":{}}', b'{"x":1}', b'{"m":{"a":1}}', b'{"m": {"a":"b"}}', b'{"e":3}',
+     b'{"c":{"alg":"CRC32"}}', '{"m":{"ü":"x"}}'.encode(), b'{"m":{"b":"1","a":"2"}}', b"\xff"],
+)
+def test_v2_non_canonical_contents_refused(plaintext: bytes) -> None:
+    forged = _forge_seal(env2(), plaintext)
+    verify_binding(forged, DEK, "photos", "a/b.jpg")
+    with pytest.raises(MalformedMetadata):
+        open_seal(forged, DEK)
+
+
+def test_v2_rebind_keeps_and_replaces_contents() -> None:
+    e = env2()
+    copy = rebind(e, DEK, "archive", "x/y")
+    verify_binding(copy, DEK, "archive", "x/y")
+    assert open_seal(copy, DEK) == CONTENTS and copy.seal != e.seal
+    rewrapped = rebind(e, DEK, "photos", "a/b.jpg", wrapped=WrappedKey("local", "k2", "AES256-GCM", bytes(60)))
+    assert open_seal(rewrapped, DEK) == CONTENTS
+    replaced = rebind(e, DEK, "photos", "a/b.jpg", sealed=SealContents({"new": "1"}))
+    assert open_seal(replaced, DEK) == SealContents({"new": "1"})
+    upgraded = rebind(env(), DEK, "photos", "a/b.jpg", sealed=SealContents({"m": "1"}))
+    assert upgraded.version == 2 and open_seal(upgraded, DEK) == SealContents({"m": "1"})
+    assert rebind(env(), DEK, "photos", "x").version == 1
+    with pytest.raises(SealAuthenticationFailed):  # a bad source block is never re-sealed
+        rebind(_with_seal(e, e.seal[:-1] + bytes([e.seal[-1] ^ 1])), DEK, "archive", "x/y")
+
+
+def test_v2_budget_is_the_s3_limit() -> None:
+    base = sum(len(k) + len(v) for k, v in encode_metadata(env2(SealContents())).items())
+    assert base < 360  # local key, empty block
+    fits = env2(SealContents({"a": "v" * 1250}))
+    assert sum(len(k) + len(v) for k, v in encode_metadata(fits).items()) <= 2048
+    with pytest.raises(MetadataTooLarge):
+        encode_metadata(env2(SealContents({"a": "v" * 1400})))

@@ -364,3 +364,76 @@ def test_own_envelope_vectors_against_reference(v: dict[str, Any]) -> None:
     verify_upload_token(decoded, DEK, v["bucket"], v["key"], v["backend_upload_id"])
     with pytest.raises(UnsupportedFormatVersion):  # untagged v1 tokens are never trusted again
         decode_upload_token(v["upload_token_v1"])
+
+
+# -- envelope v2 (docs/FORMAT.md 8): the sealed block -----------------------------------------
+
+OWN_V2 = json.loads((VECTORS / "s3proxy_format_v2.json").read_text(encoding="ascii"))
+
+
+def test_own_v2_vectors_are_up_to_date() -> None:
+    gen = load_generator()
+    assert (VECTORS / "s3proxy_format_v2.json").read_text(encoding="ascii") == gen.render_v2()
+
+
+def ref_seal_plaintext(c: dict[str, Any]) -> bytes:
+    obj = {k: v for k, v in c.items() if not (k == "m" and not v)}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@pytest.mark.parametrize("v", OWN_V2["envelope"], ids=lambda v: v["comment"])
+def test_own_v2_envelope_vectors_against_reference(v: dict[str, Any]) -> None:
+    from s3proxy.crypto.envelope import SealContents, open_seal
+
+    oid = bytes.fromhex(v["object_id"])
+    w = v["wrapped"]
+    blob = bytes.fromhex(w["blob"])
+    ctx_json = ref_canonical_json(v["context"])
+    plaintext = ref_seal_plaintext(v["seal_contents"])
+    assert plaintext == v["seal_plaintext"].encode()
+    salt = bytes.fromhex(v["seal_salt"])
+    label = b"s3proxy.dev/binding@v1"
+    msg = (
+        label + b"\x00" + bytes([2, ord(v["layout"])]) + oid
+        + ref_lp(v["bucket"].encode()) + ref_lp(v["key"].encode())
+        + ref_lp(w["backend"].encode()) + ref_lp(w["key_id"].encode()) + ref_lp(w["algorithm"].encode())
+        + ref_lp(blob) + ref_lp(ctx_json)
+        + struct.pack(">I", 24 + len(plaintext) + 16)
+    )
+    binding = hmac.new(ref_expand(DEK, label, 32), msg, hashlib.sha256).digest()
+    assert binding.hex() == v["binding"]
+    okm = ref_expand(DEK, b"s3proxy.dev/seal@v2" + salt, 44)
+    seal = salt + AESGCM(okm[:32]).encrypt(okm[32:], plaintext, binding)
+    assert v["metadata"] == {
+        "s3proxy-v": "2",
+        "s3proxy-layout": v["layout"],
+        "s3proxy-id": ref_b64u(oid),
+        "s3proxy-key": ";".join((ref_pct(w["backend"]), ref_pct(w["key_id"]), ref_pct(w["algorithm"]), ref_b64u(blob))),
+        "s3proxy-ctx": ref_b64u(ctx_json),
+        "s3proxy-mac": ref_b64u(binding),
+        "s3proxy-seal": ref_b64u(seal),
+    }
+    # the production reader
+    env = decode_metadata(v["metadata"])
+    assert env is not None and env.version == 2
+    verify_binding(env, DEK, v["bucket"], v["key"])
+    c = v["seal_contents"]
+    assert open_seal(env, DEK) == SealContents(c["m"], c.get("c"), c.get("e"))
+    # the binding is the seal's associated data: the same block under another placement fails
+    with pytest.raises(FormatError):
+        verify_binding(env, DEK, v["bucket"], v["key"] + "x")
+
+
+@pytest.mark.parametrize("v", OWN["envelope"], ids=lambda v: v["comment"])
+def test_v1_vectors_still_read_as_v1(v: dict[str, Any]) -> None:
+    from s3proxy.crypto.envelope import open_seal
+
+    env = decode_metadata(v["metadata"])
+    assert env is not None and env.version == 1 and env.seal == b""
+    verify_binding(env, DEK, v["bucket"], v["key"])
+    assert open_seal(env, DEK) is None
+    # a v1 envelope relabelled v2 (no sealed block) is refused, and so is a v1 one with a block
+    with pytest.raises(FormatError):
+        decode_metadata({**v["metadata"], "s3proxy-v": "2"})
+    with pytest.raises(FormatError):
+        decode_metadata({**v["metadata"], "s3proxy-seal": ref_b64u(bytes(48))})

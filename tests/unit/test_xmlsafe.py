@@ -617,3 +617,9 @@ def test_property_tagging_round_trip(tags: dict[str, str]) -> None:
 )
 def test_property_complete_round_trip(parts: list[CompletePart]) -> None:
     assert complete_parts(complete_xml(parts, include_checksums=True)) == parts
+
+
+def test_text_decodes_the_quote_forms_go_writes() -> None:
+    """rclone serve s3 and MinIO (Go's XML writer) send an ETag's quotes as &#34;."""
+    assert xmlsafe.text("&#34;abc-2&#34;") == '"abc-2"'
+    assert xmlsafe.text("&quot;x&quot; &amp; &lt;&gt; &apos;&#39;") == "\"x\" & <> ''"

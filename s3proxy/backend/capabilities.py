@@ -1,0 +1,499 @@
+"""What the storage backend can do: a bounded probe, named profiles, and where the answers go.
+
+``probe(client, bucket)`` writes a few scratch objects under ``.s3proxy-probe/<random>/`` in
+one bucket the operator named (``backend.probe_bucket`` or ``s3proxy doctor --bucket``), asks
+the backend a fixed list of questions and deletes everything it created, also on failure or
+timeout (versions and unfinished uploads included).  About 45 small requests, a few KiB
+of random bytes, bounded by ``timeout`` seconds overall and ``request_timeout`` per request.
+A question whose requests time out or fail is ``unknown``; the probe never raises.
+
+A named ``backend.profile`` pins the capability set documented for that backend
+(``s3proxy.backend.profiles``, sources in docs/BACKENDS.md) without any request; ``auto`` probes.
+``CapabilityWatch`` keeps a running proxy's knowledge current and hands each result to an
+``apply`` function (``s3proxy.server.apply_capabilities``: the listing's "-N ETags"
+knowledge, ``AppState.backend_capabilities``, the ``s3proxy_backend_capability`` gauge),
+logging one ``backend.capabilities`` line per result.
+
+The prefix is not reserved: clients may use ``.s3proxy-probe/`` like any other prefix.  The
+probe only ever deletes keys under its own unguessable 128-bit sub-prefix, which it lists
+before deleting, so it cannot touch a client's objects; its scratch bodies are random bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape, unescape
+
+import aiohttp
+
+from s3proxy.backend.client import BackendClient
+from s3proxy.backend.profiles import CAPABILITIES, PROFILES, Capabilities, Finding, Value, finding, from_profile
+
+__all__ = ["CAPABILITIES", "PROFILES", "CapabilityWatch", "Capabilities", "Finding", "Value", "from_profile",
+           "log_fields", "new_prefix", "probe", "remove_prefix"]
+
+PROBE_PREFIX = ".s3proxy-probe/"
+BODY_LIMIT = 1 << 16
+
+
+# ---------------------------------------------------------------------------- the probe
+
+
+class _Unanswered(Exception):
+    """A probe request timed out or failed at the connection level."""
+
+
+@dataclass
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+_ETAG_EL = re.compile(rb"<ETag>([^<]*)</ETag>")
+_UPLOAD_ID = re.compile(rb"<UploadId>([^<]+)</UploadId>")
+_KEY_EL = re.compile(rb"<Key>([^<]*)</Key>")
+_VERSION_EL = re.compile(rb"<VersionId>([^<]*)</VersionId>")
+_STATUS_EL = re.compile(rb"<Status>\s*(Enabled|Suspended)\s*</Status>")
+_PARTS = re.compile(r"-[0-9]+\"?$")
+
+
+def new_prefix() -> str:
+    """A fresh, unguessable scratch prefix: ``.s3proxy-probe/<32 hex>/``."""
+    return PROBE_PREFIX + secrets.token_hex(16) + "/"
+
+
+class _Probe:
+    def __init__(self, client: BackendClient, bucket: str, timeout: float, request_timeout: float) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = new_prefix()
+        self.deadline = time.monotonic() + timeout
+        self.request_timeout = request_timeout
+        self.requests = 0
+        self.uploads: dict[str, str] = {}  # upload id -> key (to abort)
+        self.versioning = ""
+        self.base = os.urandom(1024)
+        self.base_etag = ""
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def send(self, method: str, key: str | None, *, query: tuple[tuple[str, str], ...] = (),
+                   headers: Mapping[str, str] | None = None, body: bytes | None = None,
+                   deadline: float | None = None) -> _Answer:
+        left = min(self.request_timeout, (deadline or self.deadline) - time.monotonic())
+        if left <= 0:
+            raise _Unanswered("the probe's time budget is spent")
+        self.requests += 1
+        try:
+            async with asyncio.timeout(left):
+                resp = await self.client.request(method, self.bucket, key, query=query, headers=headers, body=body)
+                try:
+                    data = await resp.content.read(BODY_LIMIT) if method != "HEAD" else b""
+                finally:
+                    resp.release()
+        except TimeoutError:
+            raise _Unanswered(f"no answer within {left:.3g} s") from None
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            raise _Unanswered(f"request failed: {type(e).__name__}") from None
+        if resp.status >= 500 and resp.status != 501:  # 501 NotImplemented is an answer; the rest are failures
+            raise _Unanswered(f"the backend answered {resp.status}")
+        return _Answer(resp.status, resp.headers, data)
+
+    # -- helpers -------------------------------------------------------------------
+    async def put(self, name: str, body: bytes, headers: Mapping[str, str] | None = None) -> _Answer:
+        return await self.send("PUT", self.key(name), headers=headers, body=body)
+
+    async def create_upload(self, name: str) -> str | None:
+        a = await self.send("POST", self.key(name), query=(("uploads", ""),))
+        m = _UPLOAD_ID.search(a.body) if a.status == 200 else None
+        if m is None:
+            return None
+        upload_id = unescape(m.group(1).decode())
+        self.uploads[upload_id] = self.key(name)
+        return upload_id
+
+    async def upload_part(self, name: str, upload_id: str, n: int, body: bytes) -> str | None:
+        a = await self.send("PUT", self.key(name), query=(("partNumber", str(n)), ("uploadId", upload_id)), body=body)
+        return a.headers.get("ETag") if a.status == 200 else None
+
+    async def complete(self, name: str, upload_id: str, etags: list[str],
+                       headers: Mapping[str, str] | None = None) -> _Answer:
+        parts = "".join(f"<Part><PartNumber>{i}</PartNumber><ETag>{escape(e)}</ETag></Part>"
+                        for i, e in enumerate(etags, 1))
+        xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        a = await self.send("POST", self.key(name), query=(("uploadId", upload_id),), headers=headers, body=xml)
+        if a.status == 200 and b"<Error>" not in a.body:
+            self.uploads.pop(upload_id, None)
+        return a
+
+    async def cleanup(self, budget: float) -> None:
+        """Delete everything under this probe's prefix: uploads, versions, objects (best effort)."""
+        deadline = time.monotonic() + budget
+        for upload_id, key in list(self.uploads.items()):
+            await self._quiet("DELETE", key, (("uploadId", upload_id),), deadline)
+        listed = await self._quiet("GET", None, (("prefix", self.prefix), ("uploads", "")), deadline)
+        if listed is not None and listed.status == 200:
+            for block in re.findall(rb"<Upload>(.*?)</Upload>", listed.body, re.S):
+                k, u = _KEY_EL.search(block), _UPLOAD_ID.search(block)
+                if k and u and unescape(k.group(1).decode()).startswith(self.prefix):
+                    await self._quiet("DELETE", unescape(k.group(1).decode()),
+                                      (("uploadId", unescape(u.group(1).decode())),), deadline)
+        # Versions first (a versioned bucket keeps every overwrite; its status may be unknown
+        # if the probe's question failed), plain listing where ListObjectVersions is refused.
+        query: tuple[tuple[str, str], ...] = (("versions", ""), ("prefix", self.prefix))
+        for _ in range(3):  # a second pass catches what a slow first DELETE left
+            listed = await self._quiet("GET", None, query, deadline)
+            if listed is not None and listed.status != 200 and "versions" in dict(query):
+                query = (("list-type", "2"), ("prefix", self.prefix))
+                listed = await self._quiet("GET", None, query, deadline)
+            if listed is None or listed.status != 200:
+                return
+            blocks = re.findall(rb"<(?:Contents|Version|DeleteMarker)>(.*?)</(?:Contents|Version|DeleteMarker)>",
+                                listed.body, re.S)
+            if not blocks:
+                return
+            for block in blocks:
+                km = _KEY_EL.search(block)
+                if km is None:
+                    continue
+                key = unescape(km.group(1).decode())
+                if not key.startswith(self.prefix):
+                    continue  # never anything outside this probe's own prefix
+                vm = _VERSION_EL.search(block)
+                vq = (("versionId", unescape(vm.group(1).decode())),) if vm else ()
+                await self._quiet("DELETE", key, vq, deadline)
+
+    async def _quiet(self, method: str, key: str | None, query: tuple[tuple[str, str], ...],
+                     deadline: float) -> _Answer | None:
+        try:
+            return await self.send(method, key, query=query, deadline=deadline)
+        except _Unanswered:
+            return None
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _refused(a: _Answer) -> str:
+    code = re.search(rb"<Code>([^<]*)</Code>", a.body)
+    return f"answered {a.status}" + (f" {code.group(1).decode(errors='replace')}" if code else "")
+
+
+# Each check returns its findings; an _Unanswered inside it makes them all "unknown".
+Check = Callable[[_Probe], Awaitable[dict[str, Finding]]]
+
+
+async def _check_put_get(p: _Probe) -> dict[str, Finding]:
+    a = await p.put("base", p.base)
+    if a.status != 200:
+        return {"put_get": finding("no", f"PutObject {_refused(a)}")}
+    p.base_etag = a.headers.get("ETag", "")
+    g = await p.send("GET", p.key("base"))
+    lag = ""
+    for pause in (0.5, 1.0, 2.0):  # rclone's VFS may still be writing (longer on a loaded host): ask again
+        if not (g.status == 200 and g.body != p.base):
+            break
+        lag = f" (after a first GET gave {len(g.body)} other bytes)"
+        await asyncio.sleep(pause)
+        g = await p.send("GET", p.key("base"))
+    ok = g.status == 200 and g.body == p.base
+    why = "read back intact" + lag if ok else (
+        f"GetObject gave {len(g.body)} other bytes" if g.status == 200 else f"GetObject {_refused(g)}")
+    out = {"put_get": finding("yes" if ok else "no", why)}
+    r = await p.send("GET", p.key("base"), headers={"Range": "bytes=100-199"})
+    ranged = r.body == p.base[100:200] and (r.status == 206 or r.headers.get("Content-Range") == "bytes 100-199/1024")
+    if ranged:
+        out["range_get"] = finding("yes", "206 with the requested bytes" if r.status == 206 else
+                                   "the requested bytes with Content-Range (status 200, not 206)")
+    else:
+        out["range_get"] = finding("no", "the whole body instead of the range" if r.status == 200 else _refused(r))
+    return out
+
+
+async def _check_conditional_put(p: _Probe) -> dict[str, Finding]:
+    out: dict[str, Finding] = {}
+    a = await p.put("base", p.base, {"If-None-Match": "*"})
+    out["put_if_none_match"] = (
+        finding("yes", "412 on an existing key") if a.status == 412 else
+        finding("no", "overwrote an existing key") if a.status == 200 else finding("no", _refused(a))
+    )
+    if a.status == 200:
+        p.base_etag = a.headers.get("ETag", p.base_etag)
+    wrong = await p.put("base", p.base, {"If-Match": '"00000000000000000000000000000000"'})
+    if wrong.status == 200:
+        out["put_if_match"] = finding("no", "ignored a mismatching If-Match")
+    elif wrong.status != 412:
+        out["put_if_match"] = finding("no", _refused(wrong))
+    else:
+        right = await p.put("base", p.base, {"If-Match": p.base_etag})
+        out["put_if_match"] = (finding("yes", "412 on a mismatch, 200 on a match") if right.status == 200
+                               else finding("no", f"refused a matching If-Match ({_refused(right)})"))
+    return out
+
+
+async def _check_multipart(p: _Probe) -> dict[str, Finding]:
+    upload_id = await p.create_upload("mp")
+    if upload_id is None:
+        return {"multipart_upload": finding("no", "CreateMultipartUpload refused")}
+    etag = await p.upload_part("mp", upload_id, 1, os.urandom(1024))
+    if etag is None:
+        return {"multipart_upload": finding("no", "UploadPart refused")}
+    done = await p.complete("mp", upload_id, [etag])
+    if done.status != 200 or b"<Error>" in done.body:
+        return {"multipart_upload": finding("no", f"CompleteMultipartUpload {_refused(done)}")}
+    out = {"multipart_upload": finding("yes", "one-part upload completed")}
+    listed = await p.send("GET", None, query=(("list-type", "2"), ("prefix", p.key("mp"))))
+    m = _ETAG_EL.search(listed.body) if listed.status == 200 else None
+    if m is None:
+        out["multipart_etags"] = finding("unknown", f"ListObjectsV2 {_refused(listed)}")
+    else:
+        listed_etag = unescape(m.group(1).decode(), {"&quot;": '"', "&#34;": '"'}).strip()
+        out["multipart_etags"] = (finding("yes", f"listed as {listed_etag}") if _PARTS.search(listed_etag)
+                                  else finding("no", f"listed as {listed_etag} (no -N)"))
+    return out
+
+
+async def _check_min_part_size(p: _Probe) -> dict[str, Finding]:
+    upload_id = await p.create_upload("small")
+    if upload_id is None:
+        return {"min_part_size": finding("unknown", "CreateMultipartUpload refused")}
+    etags = [await p.upload_part("small", upload_id, n, os.urandom(1024)) for n in (1, 2)]
+    if None in etags:
+        return {"min_part_size": finding("yes", "a 1 KiB non-last part was refused at UploadPart")}
+    done = await p.complete("small", upload_id, [e for e in etags if e is not None])
+    if done.status == 200 and b"<Error>" not in done.body:
+        return {"min_part_size": finding("no", "two 1 KiB parts completed")}
+    return {"min_part_size": finding("yes", f"two 1 KiB parts: {_refused(done)}")}
+
+
+async def _check_conditional_complete(p: _Probe) -> dict[str, Finding]:
+    upload_id = await p.create_upload("mp")
+    if upload_id is None:
+        return {"complete_if_none_match": finding("unknown", "CreateMultipartUpload refused")}
+    etag = await p.upload_part("mp", upload_id, 1, os.urandom(64))
+    if etag is None:
+        return {"complete_if_none_match": finding("unknown", "UploadPart refused")}
+    a = await p.complete("mp", upload_id, [etag], {"If-None-Match": "*"})
+    if a.status == 412 or b"PreconditionFailed" in a.body:
+        return {"complete_if_none_match": finding("yes", "412 on an existing key")}
+    if a.status == 200:
+        return {"complete_if_none_match": finding("no", "completed over an existing key")}
+    return {"complete_if_none_match": finding("no", _refused(a))}
+
+
+async def _check_upload_part_copy(p: _Probe) -> dict[str, Finding]:
+    upload_id = await p.create_upload("upc")
+    if upload_id is None:
+        return {"upload_part_copy": finding("unknown", "CreateMultipartUpload refused")}
+    source = BackendClient.copy_source(p.bucket, p.key("base"))
+    a = await p.send("PUT", p.key("upc"), query=(("partNumber", "1"), ("uploadId", upload_id)),
+                     headers={"x-amz-copy-source": source, "x-amz-copy-source-range": "bytes=0-1023"})
+    m = _ETAG_EL.search(a.body) if a.status == 200 else None
+    if m is None:
+        return {"upload_part_copy": finding("no", _refused(a) if a.status != 200 else "200 without a CopyPartResult")}
+    done = await p.complete("upc", upload_id, [unescape(m.group(1).decode())])
+    if done.status != 200 or b"<Error>" in done.body:
+        return {"upload_part_copy": finding("no", f"Complete after UploadPartCopy {_refused(done)}")}
+    g = await p.send("GET", p.key("upc"))
+    if g.status == 200 and g.body == p.base:
+        return {"upload_part_copy": finding("yes", "copied part holds the source bytes")}
+    return {"upload_part_copy": finding("no", f"copied part holds {len(g.body)} bytes, not the source's 1024")}
+
+
+async def _check_bucket_features(p: _Probe) -> dict[str, Finding]:
+    out: dict[str, Finding] = {}
+    v = await p.send("GET", None, query=(("versioning", ""),))
+    if v.status == 200 and b"Versioning" in v.body:  # AWS: VersioningConfiguration; moto: GetBucketVersioningResponse
+        m = _STATUS_EL.search(v.body)
+        p.versioning = m.group(1).decode() if m else ""
+        out["versioning"] = finding("yes", f"bucket versioning: {p.versioning or 'never enabled'}")
+    else:
+        out["versioning"] = finding("no", "200 without a VersioningConfiguration" if v.status == 200 else _refused(v))
+    at = await p.send("GET", p.key("base"), query=(("attributes", ""),),
+                      headers={"x-amz-object-attributes": "ETag,ObjectSize"})
+    ok = at.status == 200 and b"<ObjectSize>1024</ObjectSize>" in at.body
+    out["object_attributes"] = (finding("yes", "ObjectSize returned") if ok else
+                                finding("no", "200 without ObjectSize" if at.status == 200 else _refused(at)))
+    # Last use of the base object: a backend that ignores ?tagging stores the document as the body.
+    t = await p.send("PUT", p.key("base"), query=(("tagging", ""),),
+                     body=b"<Tagging><TagSet><Tag><Key>probe</Key><Value>1</Value></Tag></TagSet></Tagging>")
+    if t.status != 200:
+        out["tagging"] = finding("no", f"PutObjectTagging {_refused(t)}")
+        return out
+    g = await p.send("GET", p.key("base"), query=(("tagging", ""),))
+    h = await p.send("HEAD", p.key("base"))
+    if h.headers.get("Content-Length") != "1024":
+        out["tagging"] = finding("no", "?tagging ignored: the tag document replaced the object")
+    else:
+        ok = g.status == 200 and b"<Tagging" in g.body and b"<Key>probe</Key>" in g.body
+        out["tagging"] = finding("yes", "tags stored") if ok else finding("no", "tags not returned")
+    return out
+
+
+async def _check_checksums(p: _Probe) -> dict[str, Finding]:
+    body = os.urandom(256)
+    a = await p.put("ck", body, {"x-amz-checksum-sha256": _sha256_b64(body)})
+    if a.status != 200:
+        return {"checksums": finding("no", f"PUT with x-amz-checksum-sha256 {_refused(a)}")}
+    h = await p.send("HEAD", p.key("ck"), headers={"x-amz-checksum-mode": "ENABLED"})
+    mode = h.headers.get("x-amz-checksum-sha256") == _sha256_b64(body)
+    out = {"checksum_mode": finding("yes", "checksum returned by HEAD") if mode else finding("no", "no checksum on HEAD")}
+    bad = await p.put("ck", body, {"x-amz-checksum-sha256": _sha256_b64(b"not the body")})
+    out["checksums"] = (finding("no", "accepted a wrong x-amz-checksum-sha256") if bad.status == 200
+                        else finding("yes", f"wrong checksum {_refused(bad)}"))
+    return out
+
+
+async def _check_metadata(p: _Probe) -> dict[str, Finding]:
+    """User metadata: 2 KiB (S3's limit, key "p" included) first; below that, a bisection."""
+
+    async def stored(total: int) -> bool:
+        value = "a" * (total - 1)
+        a = await p.put("meta", b"", {"x-amz-meta-p": value})
+        if a.status != 200:
+            return False
+        h = await p.send("HEAD", p.key("meta"))
+        return h.status == 200 and h.headers.get("x-amz-meta-p") == value
+
+    if await stored(2048):
+        return {"user_metadata": finding("yes", "2,048 bytes stored intact", 2048)}
+    lo, hi = 0, 2048  # lo: stored (0 trivially), hi: refused or altered
+    for _ in range(5):
+        mid = (lo + hi) // 2
+        if await stored(mid):
+            lo = mid
+        else:
+            hi = mid
+    return {"user_metadata": finding("no", f"{lo:,} bytes stored, {hi:,} refused or altered", lo)}
+
+
+# (names, check) in order; the base object is written by the first and used by the others.
+_CHECKS: tuple[tuple[tuple[str, ...], Check], ...] = (
+    (("put_get", "range_get"), _check_put_get),
+    (("multipart_upload", "multipart_etags"), _check_multipart),
+    (("upload_part_copy",), _check_upload_part_copy),
+    (("min_part_size",), _check_min_part_size),
+    (("put_if_none_match", "put_if_match"), _check_conditional_put),
+    (("complete_if_none_match",), _check_conditional_complete),
+    (("versioning", "tagging", "object_attributes"), _check_bucket_features),
+    (("checksums", "checksum_mode"), _check_checksums),
+    (("user_metadata",), _check_metadata),
+)
+
+
+async def probe(client: BackendClient, bucket: str, *, timeout: float = 30.0, request_timeout: float = 5.0,
+                cleanup_timeout: float = 15.0) -> Capabilities:
+    """Ask the backend, in ``bucket``, what it can do; never raises, always cleans up."""
+    p = _Probe(client, bucket, timeout, request_timeout)
+    start = time.monotonic()
+    findings: dict[str, Finding] = {}
+    try:
+        for names, check in _CHECKS:
+            first = findings.get("put_get")
+            if first is not None and first.value != "yes":
+                reason = f"not asked: the plain PUT/GET failed ({first.reason})"
+                findings.update({n: finding("unknown", reason) for n in names if n not in findings})
+                continue
+            try:
+                findings.update(await check(p))
+            except _Unanswered as e:
+                findings.update({n: finding("unknown", str(e)) for n in names if n not in findings})
+    finally:
+        # Bounded, and also after a cancellation (the server stopping): whoever cancels the
+        # probe waits up to ``cleanup_timeout`` for it to remove its objects.
+        await p.cleanup(cleanup_timeout)
+    findings["metadata_persistent"] = finding("unknown", "cannot be probed: see the backend's documentation")
+    ordered = {n: findings.get(n, finding("unknown", "not answered")) for n in CAPABILITIES}
+    return Capabilities(ordered, "probe", bucket, p.requests, round(time.monotonic() - start, 3),
+                        bucket_versioning=p.versioning)
+
+
+async def remove_prefix(client: BackendClient, bucket: str, prefix: str, *, timeout: float = 15.0) -> None:
+    """Delete everything under ``prefix`` (a ``PROBE_PREFIX`` sub-prefix) in ``bucket``: best effort, bounded."""
+    if not prefix.startswith(PROBE_PREFIX) or len(prefix) <= len(PROBE_PREFIX) + 32:
+        raise ValueError("only a probe's own random prefix can be removed")
+    p = _Probe(client, bucket, timeout, 5.0)
+    p.prefix = prefix
+    await p.cleanup(timeout)
+
+
+# ---------------------------------------------------------------------------- where results go
+
+
+def log_fields(caps: Capabilities) -> dict[str, Any]:
+    """One structured log line's fields: source, bucket, requests, seconds, capability=value."""
+    fields: dict[str, Any] = {"source": caps.source, "bucket": caps.bucket, "requests": caps.requests,
+                              "seconds": caps.seconds}
+    fields.update({n: caps.value(n) for n in CAPABILITIES})
+    meta = caps.findings.get("user_metadata")
+    if meta is not None and meta.amount is not None:
+        fields["user_metadata_bytes"] = meta.amount
+    return fields
+
+
+class CapabilityWatch:
+    """Keeps ``AppState.backend_capabilities`` current for a running proxy.
+
+    A named profile is applied at once.  ``auto`` with a ``probe_bucket`` probes in the
+    background (start-up never waits for it), then every ``probe_interval`` seconds; while the
+    backend does not answer, it tries again after 30 s, 60 s, ... (at most ``probe_interval``),
+    keeping what an earlier probe found.  ``status`` is what ``/readyz`` shows.
+    """
+
+    RETRY = 30.0
+
+    def __init__(self, state: Any, log: Any, apply: Callable[[Any, Capabilities], None]) -> None:
+        self.state = state
+        self.log = log
+        self.apply = apply
+        cfg = state.settings.backend
+        # None: nothing to find out (auto without a probe bucket), and /readyz says nothing.
+        self.status: str | None = "pending" if cfg.profile != "auto" or cfg.probe_bucket else None
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug here must not pass silently, nor stop the proxy
+            self.status = "failed"
+            self.log.exception("backend.capabilities_failed")
+
+    async def _run(self) -> None:
+        cfg = self.state.settings.backend
+        if cfg.profile != "auto":
+            caps = from_profile(cfg.profile)
+            self.apply(self.state, caps)
+            self.status = caps.source
+            self.log.info("backend.capabilities", **log_fields(caps))
+            return
+        if not cfg.probe_bucket:
+            return
+        retry = self.RETRY
+        while True:
+            caps = await probe(self.state.backend, cfg.probe_bucket, timeout=cfg.probe_timeout)
+            if caps.reachable():
+                self.apply(self.state, caps)
+                self.status = "probed"
+                self.log.info("backend.capabilities", **log_fields(caps))
+                wait, retry = cfg.probe_interval, self.RETRY
+            else:
+                if getattr(self.state, "backend_capabilities", None) is None:
+                    self.state.metrics.set_backend_capabilities({n: "unknown" for n in CAPABILITIES})
+                    self.status = "backend unreachable"
+                self.log.warning("backend.probe_failed", bucket=cfg.probe_bucket,
+                                 reason=caps.findings["put_get"].reason, retry_s=min(retry, cfg.probe_interval))
+                wait, retry = min(retry, cfg.probe_interval), retry * 2
+            await asyncio.sleep(wait)
