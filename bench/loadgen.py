@@ -21,7 +21,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from s3proxy.http.sigv4 import encode_query, sign_request
+from s3proxy.aws.sigv4 import encode_query, sign_request
 
 UNSIGNED = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"

@@ -22,33 +22,61 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
-from prometheus_client import Counter
 
+from s3proxy.aws.errors import S3Error, error_xml
 from s3proxy.backend.client import BackendBusy, BackendClient
-from s3proxy.config import LimitSettings, Settings
+from s3proxy.config import Settings
 from s3proxy.http.auth import authenticate
-from s3proxy.http.errors import S3Error, error_xml
 from s3proxy.keys.base import KeyServiceError
 from s3proxy.observability import Metrics, get_logger
+from s3proxy.state import (  # re-exported
+    ANONYMOUS as ANONYMOUS,
+)
+from s3proxy.state import (
+    BODY_TIMED_OUT as BODY_TIMED_OUT,
+)
+from s3proxy.state import (
+    CALLER as CALLER,
+)
+from s3proxy.state import (
+    OP as OP,
+)
+from s3proxy.state import (
+    REQUEST_ID as REQUEST_ID,
+)
+from s3proxy.state import (
+    RESPONSE_STARTED as RESPONSE_STARTED,
+)
+from s3proxy.state import (
+    SLOW_DOWN_MESSAGE as SLOW_DOWN_MESSAGE,
+)
+from s3proxy.state import (
+    STATE as STATE,
+)
+from s3proxy.state import (
+    AppState as AppState,
+)
+from s3proxy.state import (
+    Limiter as Limiter,
+)
+from s3proxy.state import (
+    RequestMetrics as RequestMetrics,
+)
+from s3proxy.state import (
+    slow_down as slow_down,
+)
 
 log = get_logger("s3proxy.app")
 
 
-ANONYMOUS = ""  # the per-identity budget key of unauthenticated requests
-SLOW_DOWN_MESSAGE = "Please reduce your request rate."
 REQUEST_TIMEOUT_MESSAGE = (
     "Your socket connection to the server was not read from or written to within the timeout period."
 )
-
-
-def slow_down() -> S3Error:
-    return S3Error("SlowDown", SLOW_DOWN_MESSAGE, 503)
 
 
 def request_timeout() -> S3Error:
@@ -57,108 +85,6 @@ def request_timeout() -> S3Error:
 
 def backend_unavailable() -> S3Error:
     return S3Error("ServiceUnavailable", "the storage backend is unavailable", 503)
-
-
-class Limiter:
-    """Counts open client connections and requests in flight (one worker process)."""
-
-    def __init__(self, limits: LimitSettings, registry: Any) -> None:
-        self.limits = limits
-        self.connections = 0
-        self.in_flight = 0
-        self.by_identity: dict[str, int] = {}
-        self.throttled = Counter(
-            "s3proxy_throttled", "Requests and connections refused with 503 SlowDown, by limit",
-            ["limit"], registry=registry,
-        )
-
-    # -- client connections (see s3proxy.server)
-    def open_connection(self) -> bool:
-        if self.connections >= self.limits.max_connections:
-            self.throttled.labels("connections").inc()
-            return False
-        self.connections += 1
-        return True
-
-    def close_connection(self) -> None:
-        self.connections -= 1
-
-    # -- requests
-    def admit(self, identity: str | None) -> Callable[[], None]:
-        """Count one request (``identity``: an access key, ANONYMOUS, or None for
-        a request that failed authentication); raises SlowDown when over a limit."""
-        if self.in_flight >= self.limits.max_requests:
-            self.throttled.labels("requests").inc()
-            raise slow_down()
-        if identity is not None:
-            n = self.by_identity.get(identity, 0)
-            if n >= self.limits.max_requests_per_identity:
-                self.throttled.labels("identity").inc()
-                raise slow_down()
-            self.by_identity[identity] = n + 1
-        self.in_flight += 1
-        done = False
-
-        def release() -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            self.in_flight -= 1
-            if identity is not None:
-                left = self.by_identity[identity] - 1
-                if left:
-                    self.by_identity[identity] = left
-                else:
-                    del self.by_identity[identity]
-
-        return release
-
-
-class RequestMetrics:
-    """The labelled children of the per-request metrics, looked up once per (op, status):
-    ``Counter.labels`` validates and hashes its labels under a lock on every call."""
-
-    __slots__ = ("_metrics", "_count", "_latency")
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-        self._count: dict[tuple[str, int], Any] = {}
-        self._latency: dict[str, Any] = {}
-
-    def observe(self, op: str, status: int, seconds: float) -> None:
-        count = self._count.get((op, status))
-        if count is None:
-            count = self._count[(op, status)] = self._metrics.requests.labels(op, str(status))
-        latency = self._latency.get(op)
-        if latency is None:
-            latency = self._latency[op] = self._metrics.latency.labels(op)
-        count.inc()
-        latency.observe(seconds)
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    backend: BackendClient
-    keys: Any  # s3proxy.keys.manager.KeyManager
-    metrics: Metrics
-    limiter: Limiter
-    part_tables: dict[tuple[str, str, str], tuple[int, ...]] = field(default_factory=dict)
-    draining: bool = False
-    request_metrics: RequestMetrics = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.request_metrics = RequestMetrics(self.metrics)
-
-
-STATE: web.AppKey[AppState] = web.AppKey("s3proxy_state", AppState)
-REQUEST_ID: web.RequestKey[str] = web.RequestKey("s3proxy_request_id", str)
-OP: web.RequestKey[str] = web.RequestKey("s3proxy_op", str)
-# The verified caller (s3proxy.http.auth.Caller), when admission authenticated the request.
-CALLER: web.RequestKey[Any] = web.RequestKey("s3proxy_caller", object)
-RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("s3proxy_response_started", bool)
-BODY_TIMED_OUT: web.RequestKey[bool] = web.RequestKey("s3proxy_body_timed_out", bool)
 
 
 def new_request_id() -> str:

@@ -53,14 +53,8 @@ from s3proxy import progress
 from s3proxy.backend.client import BackendClient
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import Envelope, decode_metadata, open_seal, verify_binding
-from s3proxy.crypto.format import (
-    FormatError,
-    KPartDecryptor,
-    PartOrderError,
-    SDecryptor,
-    SRangeDecryptor,
-    parse_k_header,
-)
+from s3proxy.crypto.errors import FormatError, PartOrderError
+from s3proxy.crypto.format import KPartDecryptor, SDecryptor, SRangeDecryptor, parse_k_header
 from s3proxy.crypto.manifest import (
     MANIFEST_PREFIX,
     MAX_MANIFEST,

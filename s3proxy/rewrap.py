@@ -88,7 +88,8 @@ from s3proxy.crypto.envelope import (
     rebind,
     verify_binding,
 )
-from s3proxy.crypto.format import FormatError, parse_k_header
+from s3proxy.crypto.errors import FormatError
+from s3proxy.crypto.format import parse_k_header
 from s3proxy.http.router import is_reserved_key
 from s3proxy.keys.audit import AuditInfo
 from s3proxy.keys.base import KeyServiceError, WrappedKey, zeroize

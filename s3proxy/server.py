@@ -50,10 +50,10 @@ from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client import multiprocess as prometheus_multiprocess
 
-from s3proxy.app import SLOW_DOWN_MESSAGE, STATE, Limiter, build_app, new_request_id
+from s3proxy.app import build_app, new_request_id
+from s3proxy.aws.errors import error_xml
 from s3proxy.backend.capabilities import CAPABILITIES, Capabilities, CapabilityWatch
 from s3proxy.config import Settings
-from s3proxy.http.errors import error_xml
 from s3proxy.observability import (
     MULTIPROC_ENV,
     Metrics,
@@ -63,6 +63,7 @@ from s3proxy.observability import (
     exposition,
     get_logger,
 )
+from s3proxy.state import SLOW_DOWN_MESSAGE, STATE, Limiter
 from s3proxy.tlsutil import cert_not_after
 
 log = get_logger("s3proxy.server")

@@ -101,7 +101,7 @@ ALL_CAPABILITIES = frozenset({
 CAPABILITIES: dict[str, frozenset[str]] = {
     "strict": ALL_CAPABILITIES - {"checksums"},  # verifies x-amz-checksum-*, keeps none
     "moto": ALL_CAPABILITIES | {"lenient_auth"},
-    "rclone": frozenset({"conditional_writes"}),
+    "rclone": frozenset(),  # it ignores If-Match / If-None-Match on PUT too (seen by migrate)
     "external": ALL_CAPABILITIES,
 }
 
@@ -261,7 +261,7 @@ class Proxy:
 
     @property
     def state(self) -> Any:
-        from s3proxy.app import STATE
+        from s3proxy.state import STATE
 
         return self.app[STATE]
 

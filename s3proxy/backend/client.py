@@ -28,9 +28,9 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 from yarl import URL
 
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.sigv4 import sign_request
 from s3proxy.config import BackendSettings
-from s3proxy.http.errors import S3Error
-from s3proxy.http.sigv4 import sign_request
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 UNSIGNED = "UNSIGNED-PAYLOAD"

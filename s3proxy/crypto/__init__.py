@@ -20,4 +20,7 @@ Primitives, all pure and sans-IO:
 Place in the request flow: handlers get a DEK from ``keys``, build or decode
 the ``Envelope``, compute lengths with ``sizes`` and hand bodies to the async
 adapters in ``crypto.streams``, which drive the ``format`` objects.
+
+Imports: the standard library, ``cryptography`` and ``s3proxy.keys.base``'s plain types
+(``WrappedKey``); never the HTTP layer, the backend client or a key service.
 """

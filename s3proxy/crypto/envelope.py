@@ -30,18 +30,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from s3proxy.crypto.format import (
-    FORMAT_VERSION,
-    OBJECT_ID_SIZE,
+from s3proxy.crypto.errors import (
     BindingMismatch,
-    Buffer,
     InvalidUploadToken,
     MalformedMetadata,
     MetadataTooLarge,
     SealAuthenticationFailed,
     UnsupportedFormatVersion,
-    _check_dek,
 )
+from s3proxy.crypto.format import FORMAT_VERSION, OBJECT_ID_SIZE, Buffer, _check_dek
 from s3proxy.keys.base import WrappedKey
 
 __all__ = [

@@ -36,6 +36,51 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from s3proxy.crypto.errors import (  # re-exported
+    BindingMismatch as BindingMismatch,
+)
+from s3proxy.crypto.errors import (
+    ChunkAuthenticationFailed as ChunkAuthenticationFailed,
+)
+from s3proxy.crypto.errors import (
+    CommitmentMismatch as CommitmentMismatch,
+)
+from s3proxy.crypto.errors import (
+    FormatError as FormatError,
+)
+from s3proxy.crypto.errors import (
+    InvalidCiphertextSize as InvalidCiphertextSize,
+)
+from s3proxy.crypto.errors import (
+    InvalidHeader as InvalidHeader,
+)
+from s3proxy.crypto.errors import (
+    InvalidUploadToken as InvalidUploadToken,
+)
+from s3proxy.crypto.errors import (
+    MalformedMetadata as MalformedMetadata,
+)
+from s3proxy.crypto.errors import (
+    ManifestMismatch as ManifestMismatch,
+)
+from s3proxy.crypto.errors import (
+    MetadataTooLarge as MetadataTooLarge,
+)
+from s3proxy.crypto.errors import (
+    PartOrderError as PartOrderError,
+)
+from s3proxy.crypto.errors import (
+    SealAuthenticationFailed as SealAuthenticationFailed,
+)
+from s3proxy.crypto.errors import (
+    TrailingData as TrailingData,
+)
+from s3proxy.crypto.errors import (
+    Truncated as Truncated,
+)
+from s3proxy.crypto.errors import (
+    UnsupportedFormatVersion as UnsupportedFormatVersion,
+)
 from s3proxy.crypto.sizes import (
     CHUNK_SIZE,
     COMMITMENT_SIZE,
@@ -105,66 +150,6 @@ Buffer = bytes | bytearray | memoryview
 
 
 # -- named errors (docs/FORMAT.md section 4) ---------------------------------
-
-
-class FormatError(Exception):
-    """Base of every object-format failure. Never carries key material."""
-
-
-class InvalidCiphertextSize(FormatError):
-    """A ciphertext length that no plaintext length maps to."""
-
-
-class CommitmentMismatch(FormatError):
-    """The header commitment does not match: wrong key, object id, part number or length."""
-
-
-class ChunkAuthenticationFailed(FormatError):
-    """An AES-GCM tag did not verify: tampered, reordered or spliced chunk."""
-
-
-class Truncated(FormatError):
-    """The stream ended before the length it implies or declares."""
-
-
-class ManifestMismatch(FormatError):
-    """A multipart object's parts differ from its completeness manifest (or it has none)."""
-
-
-class TrailingData(FormatError):
-    """More bytes than the declared length."""
-
-
-class UnsupportedFormatVersion(FormatError):
-    """A format version this reader does not know."""
-
-
-class InvalidHeader(FormatError):
-    """A K part header with a wrong layout byte or part number."""
-
-
-class PartOrderError(FormatError):
-    """Part numbers not strictly increasing, or not the part asked for."""
-
-
-class BindingMismatch(FormatError):
-    """The placement-binding MAC does not verify."""
-
-
-class MalformedMetadata(FormatError):
-    """Envelope metadata present but incomplete or badly encoded."""
-
-
-class MetadataTooLarge(FormatError):
-    """The encoded envelope exceeds its size budget."""
-
-
-class InvalidUploadToken(FormatError):
-    """An upload token that does not parse."""
-
-
-class SealAuthenticationFailed(FormatError):
-    """The sealed metadata block (envelope v2) does not decrypt under its object's key and binding."""
 
 
 # -- key schedule -----------------------------------------------------------------

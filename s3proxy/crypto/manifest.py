@@ -22,7 +22,8 @@ from typing import Final
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-from s3proxy.crypto.format import OBJECT_ID_SIZE, Buffer, ManifestMismatch, _check_dek
+from s3proxy.crypto.errors import ManifestMismatch
+from s3proxy.crypto.format import OBJECT_ID_SIZE, Buffer, _check_dek
 
 __all__ = ["MANIFEST_LABEL", "MANIFEST_PREFIX", "MAX_MANIFEST", "Manifest", "ManifestMismatch", "decode_manifest", "manifest_key"]
 

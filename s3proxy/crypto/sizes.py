@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from s3proxy.crypto.format import InvalidCiphertextSize
+    from s3proxy.crypto.errors import InvalidCiphertextSize
 
 __all__ = [
     "CHUNK_SIZE",
@@ -62,7 +62,7 @@ MAX_PART_NUMBER = 10000
 def _invalid_size(message: str) -> InvalidCiphertextSize:
     # The exception classes live in format.py, which imports this module;
     # importing lazily (on error paths only) avoids the cycle.
-    from s3proxy.crypto.format import InvalidCiphertextSize
+    from s3proxy.crypto.errors import InvalidCiphertextSize
 
     return InvalidCiphertextSize(message)
 

@@ -13,14 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from s3proxy.crypto.format import (
-    KPartDecryptor,
-    ManifestMismatch,
-    PartOrderError,
-    TrailingData,
-    Truncated,
-    parse_k_header,
-)
+from s3proxy.crypto.errors import ManifestMismatch, PartOrderError, TrailingData, Truncated
+from s3proxy.crypto.format import KPartDecryptor, parse_k_header
 from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
 
 

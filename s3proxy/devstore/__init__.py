@@ -7,6 +7,9 @@ by hand::
 
 See :mod:`s3proxy.devstore.server` for what is supported and
 :mod:`s3proxy.devstore.store` for the on-disk layout.
+
+A separate program: it imports only the protocol layer (``s3proxy.aws``), ``config`` and
+``observability``; nothing of the proxy imports it but ``cli`` (for ``s3proxy dev``).
 """
 
 from s3proxy.devstore.server import DEVSTORE_KEY, DevStoreServer, build_devstore_app, start_devstore

@@ -53,6 +53,20 @@ from xml.etree import ElementTree as ET
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
+from s3proxy.aws.checksums import Checker, ChecksumError
+from s3proxy.aws.errors import S3Error as ProxyS3Error
+from s3proxy.aws.numbers import parse_uint
+from s3proxy.aws.sigv4 import (
+    EMPTY_SHA256,
+    STREAMING_PAYLOAD_TRAILER,
+    STREAMING_UNSIGNED_PAYLOAD_TRAILER,
+    AuthResult,
+    RequestView,
+    SigV4Error,
+    verify_request,
+)
 from s3proxy.devstore import render, subresources
 from s3proxy.devstore.errors import (
     S3Error,
@@ -70,20 +84,6 @@ from s3proxy.devstore.store import (
     Store,
     UploadInfo,
     copy_range,
-)
-from s3proxy.http import xmlsafe
-from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
-from s3proxy.http.checksums import Checker, ChecksumError
-from s3proxy.http.errors import S3Error as ProxyS3Error
-from s3proxy.http.numbers import parse_uint
-from s3proxy.http.sigv4 import (
-    EMPTY_SHA256,
-    STREAMING_PAYLOAD_TRAILER,
-    STREAMING_UNSIGNED_PAYLOAD_TRAILER,
-    AuthResult,
-    RequestView,
-    SigV4Error,
-    verify_request,
 )
 
 __all__ = ["DevStoreServer", "build_devstore_app", "start_devstore"]
@@ -225,7 +225,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 
 def _parse_xml(body: bytes) -> ET.Element:
-    """DTDs and entities refused in every encoding (s3proxy.http.xmlsafe); namespaces stripped."""
+    """DTDs and entities refused in every encoding (s3proxy.aws.xmlsafe); namespaces stripped."""
     try:
         return xmlsafe.parse(body)
     except ProxyS3Error:

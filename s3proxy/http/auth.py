@@ -21,13 +21,13 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import StreamReader, web
 
+from s3proxy.aws import sigv2
+from s3proxy.aws.awschunked import ChunkedDecoder, ChunkSigning
+from s3proxy.aws.checksums import Checker
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
+from s3proxy.aws.sigv4 import AuthResult, RequestView, verify_request
 from s3proxy.config import Identity, Settings
-from s3proxy.http import sigv2
-from s3proxy.http.awschunked import ChunkedDecoder, ChunkSigning
-from s3proxy.http.checksums import Checker
-from s3proxy.http.errors import S3Error
-from s3proxy.http.numbers import parse_uint
-from s3proxy.http.sigv4 import AuthResult, RequestView, verify_request
 
 STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
 STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"

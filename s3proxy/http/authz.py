@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.errors import S3Error, access_denied
 from s3proxy.config import Identity
-from s3proxy.http import xmlsafe
-from s3proxy.http.errors import S3Error, access_denied
 from s3proxy.http.router import OBJECT_SUBRESOURCES, Route, is_reserved_key
 
 if TYPE_CHECKING:
-    from s3proxy.http.handlers import Ctx
+    from s3proxy.http.ctx import Ctx
 
 # Operation name -> the grant action it needs.  Names not listed need "admin".
 ACTIONS: dict[str, str] = {
@@ -274,7 +274,7 @@ async def list_buckets(ctx: Ctx) -> web.StreamResponse:
     ``authorise`` already required the "list" action in at least one grant (AWS's
     s3:ListAllMyBuckets); an identity whose grants name no existing bucket gets an empty list.
     """
-    from s3proxy.http.handlers import backend_error, read_at_most, response_headers
+    from s3proxy.http.ctx import backend_error, read_at_most, response_headers
 
     ident = ctx.caller.identity
     if ident is None:

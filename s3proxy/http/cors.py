@@ -42,13 +42,13 @@ from xml.etree.ElementTree import Element
 import aiohttp
 from aiohttp import web
 
-from s3proxy.http import xmlsafe
-from s3proxy.http.errors import S3Error
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.errors import S3Error
 from s3proxy.observability import get_logger
 
 if TYPE_CHECKING:
-    from s3proxy.app import AppState
     from s3proxy.backend.client import BackendClient
+    from s3proxy.state import AppState
 
 log = get_logger("s3proxy.cors")
 

@@ -23,10 +23,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from s3proxy.aws.errors import S3Error
 from s3proxy.crypto import sizes
-from s3proxy.crypto.format import FormatError
-from s3proxy.http.errors import S3Error
-from s3proxy.http.handlers import Ctx, backend_error, forward_headers, read_at_most, response_headers
+from s3proxy.crypto.errors import FormatError
+from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, response_headers
 
 MAX_LISTING = 64 * 1024 * 1024
 _ENTRY = re.compile(rb"<(Contents|Version)>(.*?)</\1>", re.S)
@@ -72,7 +72,11 @@ _PLAIN_ETAG = re.compile(rb"<ETag>((?:&quot;|&#34;|\")?)([0-9a-fA-F]{32})((?:&qu
 
 def opaque_etag(entry: bytes) -> bytes:
     """An encrypted listing entry with its plain (MD5-shaped) ETag marked as not an MD5."""
-    return _PLAIN_ETAG.sub(lambda e: b"<ETag>" + e.group(1) + e.group(2) + b"-1" + e.group(3) + b"</ETag>", entry, count=1)
+    # quoted as AWS quotes ETags, also where the backend did not (rclone serve s3)
+    return _PLAIN_ETAG.sub(
+        lambda e: b"<ETag>" + (e.group(1) or b"&quot;") + e.group(2) + b"-1" + (e.group(3) or b"&quot;") + b"</ETag>",
+        entry, count=1,
+    )
 
 
 def rewrite_listing(xml: bytes) -> bytes:

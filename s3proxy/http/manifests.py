@@ -12,13 +12,14 @@ import xml.etree.ElementTree as ET
 
 import aiohttp
 
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
 from s3proxy.crypto import sizes
-from s3proxy.crypto.format import Buffer, FormatError
+from s3proxy.crypto.errors import FormatError
+from s3proxy.crypto.format import Buffer
 from s3proxy.crypto.manifest import MAX_MANIFEST, Manifest, ManifestMismatch, decode_manifest, manifest_key
-from s3proxy.http import xmlsafe
-from s3proxy.http.errors import S3Error
-from s3proxy.http.handlers import Ctx, read_at_most
-from s3proxy.http.numbers import parse_uint
+from s3proxy.http.ctx import Ctx, read_at_most
 
 
 def _backend_xml(data: bytes) -> ET.Element:

@@ -22,6 +22,9 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
     Envelope,
@@ -32,21 +35,12 @@ from s3proxy.crypto.envelope import (
     new_object_id,
     verify_upload_token,
 )
-from s3proxy.crypto.format import FormatError, InvalidUploadToken, KPartEncryptor, UnsupportedFormatVersion
-from s3proxy.http import manifests, sidecars, sse, xmlsafe
+from s3proxy.crypto.errors import FormatError, InvalidUploadToken, UnsupportedFormatVersion
+from s3proxy.crypto.format import KPartEncryptor
+from s3proxy.http import manifests, sidecars, sse
 from s3proxy.http.auth import RequestBody
-from s3proxy.http.errors import S3Error
-from s3proxy.http.handlers import (
-    Ctx,
-    backend_error,
-    forward_headers,
-    read_at_most,
-    relay,
-    response_headers,
-    send_streamed,
-)
+from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, relay, response_headers, send_streamed
 from s3proxy.http.listing import _CHECKSUM_EL, rewrite_parts
-from s3proxy.http.numbers import parse_uint
 from s3proxy.http.objects import (
     META,
     Sealed,

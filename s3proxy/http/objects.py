@@ -20,6 +20,10 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from s3proxy.aws import checksums, xmlsafe
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
+from s3proxy.aws.ranges import parse_range
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
     SEALED_VERSION,
@@ -35,22 +39,13 @@ from s3proxy.crypto.envelope import (
     rebind,
     verify_binding,
 )
-from s3proxy.crypto.format import (
-    FormatError,
-    KPartDecryptor,
-    ManifestMismatch,
-    MetadataTooLarge,
-    SDecryptor,
-    SEncryptor,
-    SRangeDecryptor,
-    parse_k_header,
-)
+from s3proxy.crypto.errors import FormatError, ManifestMismatch, MetadataTooLarge
+from s3proxy.crypto.format import KPartDecryptor, SDecryptor, SEncryptor, SRangeDecryptor, parse_k_header
 from s3proxy.crypto.manifest import Manifest
 from s3proxy.crypto.streams import KObjectDecryptor
-from s3proxy.http import checksums, sse, xmlsafe
+from s3proxy.http import sse
 from s3proxy.http.auth import RequestBody
-from s3proxy.http.errors import S3Error
-from s3proxy.http.handlers import (
+from s3proxy.http.ctx import (
     Ctx,
     SendWatchdog,
     backend_error,
@@ -60,8 +55,6 @@ from s3proxy.http.handlers import (
     response_headers,
     send_streamed,
 )
-from s3proxy.http.numbers import parse_uint
-from s3proxy.http.ranges import parse_range
 
 READ_SIZE = 1 << 20
 PROBE_BYTES = 64 * 1024

@@ -52,12 +52,13 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from s3proxy.aws.checksums import Checker
+from s3proxy.aws.errors import S3Error, access_denied, error_xml
+from s3proxy.aws.sigv4 import wire_bytes
 from s3proxy.http import cors
 from s3proxy.http.auth import Caller
 from s3proxy.http.authz import allowed, required_actions
-from s3proxy.http.checksums import Checker
-from s3proxy.http.errors import S3Error, access_denied, error_xml
-from s3proxy.http.handlers import (
+from s3proxy.http.ctx import (
     Ctx,
     backend_error,
     forward_headers,
@@ -76,7 +77,6 @@ from s3proxy.http.postpolicy import (
     verify_signature,
 )
 from s3proxy.http.router import Route, is_reserved_key
-from s3proxy.http.sigv4 import wire_bytes
 
 MAX_FIELDS_BYTES = 20 * 1024  # S3: the form fields preceding the file, all together
 MAX_FIELDS = 256  # parts before the file (each costs at least its headers)

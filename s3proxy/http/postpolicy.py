@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from s3proxy.aws import sigv2
+from s3proxy.aws.errors import S3Error, access_denied
+from s3proxy.aws.sigv4 import ALGORITHM, SigV4Error, derive_signing_key, wire_bytes
 from s3proxy.config import Identity
-from s3proxy.http import sigv2
-from s3proxy.http.errors import S3Error, access_denied
-from s3proxy.http.sigv4 import ALGORITHM, SigV4Error, derive_signing_key, wire_bytes
 
 # Fields that authenticate the form or steer the answer: never object headers.
 SIGNATURE_FIELDS = frozenset({"x-amz-signature", "signature", "awsaccesskeyid", "policy", "file"})

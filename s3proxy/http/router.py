@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from s3proxy.http.numbers import parse_uint
+from s3proxy.aws.numbers import parse_uint
 
 # Sub-resources that turn an object/bucket request into a configuration call.
 OBJECT_SUBRESOURCES = frozenset(
@@ -52,7 +52,6 @@ AUTH_PARAMS = frozenset(
     {"x-amz-algorithm", "x-amz-credential", "x-amz-date", "x-amz-expires", "x-amz-signedheaders",
      "x-amz-signature", "x-amz-security-token", "x-amz-s3session-token", "awsaccesskeyid", "signature", "expires"}
 )
-
 
 
 # Keys under this prefix of an encrypted bucket belong to the proxy (s3proxy.http.sidecars):

@@ -22,11 +22,11 @@ from typing import IO
 import aiohttp
 from aiohttp import web
 
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.ranges import parse_range
 from s3proxy.crypto import s3ec
 from s3proxy.http import sse
-from s3proxy.http.errors import S3Error
-from s3proxy.http.handlers import Ctx, backend_error, read_at_most, response_headers
-from s3proxy.http.ranges import parse_range
+from s3proxy.http.ctx import Ctx, backend_error, read_at_most, response_headers
 from s3proxy.keys.base import WrappedKey
 
 META = "x-amz-meta-"

@@ -34,7 +34,7 @@ from xml.sax.saxutils import escape, unescape
 import aiohttp
 from aiohttp import web
 
-from s3proxy.http.handlers import Ctx, read_at_most, relay, response_headers
+from s3proxy.http.ctx import Ctx, read_at_most, relay, response_headers
 from s3proxy.http.router import RESERVED_KEY_PREFIX, is_reserved_key
 from s3proxy.observability import get_logger
 

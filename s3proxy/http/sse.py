@@ -17,13 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from s3proxy.aws.errors import S3Error
 from s3proxy.crypto.envelope import Envelope, SealContents, rebind
-from s3proxy.http.errors import S3Error
 from s3proxy.keys.base import InvalidWrappedKey, WrappedKey
 from s3proxy.keys.manager import AuditInfo
 
 if TYPE_CHECKING:
-    from s3proxy.http.handlers import Ctx
+    from s3proxy.http.ctx import Ctx
 
 SSE = "x-amz-server-side-encryption"
 KMS_KEY = "x-amz-server-side-encryption-aws-kms-key-id"

@@ -23,6 +23,9 @@ Primitives:
 - ``audit.AuditLog``: one JSON line per key use and per key-service call.
 - ``manager.KeyManager``: the facade over all of the above;
   ``registry.build_key_manager(settings)`` builds it from ``settings.KeysSettings``.
+
+Imports: ``cryptography``, the key services' SDKs (``aiobotocore``, ``python-pkcs11``) and
+``s3proxy.observability``; never the HTTP layer, the backend client or ``crypto``.
 """
 
 from .audit import AuditInfo, AuditLog

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3proxy.http.checksums import Checker
-from s3proxy.http.errors import S3Error
+from s3proxy.aws.checksums import Checker
+from s3proxy.aws.errors import S3Error
 from s3proxy.http.postobject import SPOOL_CHUNK, Spool
 from s3proxy.http.postpolicy import check_policy, parse_policy
 from tests.adversarial.conftest import MALLORY_AK, MALLORY_SK

@@ -18,8 +18,8 @@ import pytest
 from aiohttp import web
 from botocore.config import Config
 
+from s3proxy.aws.sigv4 import encode_query, sign_request
 from s3proxy.devstore import start_devstore
-from s3proxy.http.sigv4 import encode_query, sign_request
 
 ACCESS_KEY = "DEVSTORETESTKEY"
 SECRET_KEY = "devstore/test+secret"

@@ -26,8 +26,7 @@ from minio import Minio
 from minio.commonconfig import CopySource
 from minio.deleteobjects import DeleteObject
 
-from s3proxy.devstore import DevStoreServer, build_devstore_app
-from s3proxy.http.sigv4 import (
+from s3proxy.aws.sigv4 import (
     STREAMING_PAYLOAD,
     STREAMING_UNSIGNED_PAYLOAD_TRAILER,
     UNSIGNED_PAYLOAD,
@@ -36,6 +35,7 @@ from s3proxy.http.sigv4 import (
     sign_request,
     uri_encode,
 )
+from s3proxy.devstore import DevStoreServer, build_devstore_app
 
 DevStoreThread = Any  # tests/devstore/conftest.py
 ACCESS_KEY = "DEVSTORETESTKEY"  # as in conftest.py

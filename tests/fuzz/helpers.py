@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from s3proxy.http.errors import S3Error, error_xml
+from s3proxy.aws.errors import S3Error, error_xml
 
 EXAMPLES = int(os.environ.get("S3PROXY_FUZZ_EXAMPLES", "200"))
 # One input may take this long at most (a generous bound: the slowest case,

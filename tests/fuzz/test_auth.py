@@ -13,10 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.sigv4 import AuthResult, derive_signing_key
 from s3proxy.config import Identity
 from s3proxy.http.auth import Caller, RequestBody, authenticate
-from s3proxy.http.errors import S3Error
-from s3proxy.http.sigv4 import AuthResult, derive_signing_key
 from tests.fuzz.helpers import FUZZ, check_s3_error, no_hang, s3_outcome, tricky_text, unicode_digit_variants
 from tests.fuzz.test_awschunked import SIGNING, encode
 

@@ -1,4 +1,4 @@
-"""aws-chunked decoding (s3proxy/http/awschunked.py): any body, cut anywhere, decodes or fails with a 4xx."""
+"""aws-chunked decoding (s3proxy/aws/awschunked.py): any body, cut anywhere, decodes or fails with a 4xx."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
-from s3proxy.http.sigv4 import chunk_signature, derive_signing_key, trailer_signature
+from s3proxy.aws.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
+from s3proxy.aws.sigv4 import chunk_signature, derive_signing_key, trailer_signature
 from tests.fuzz.helpers import FUZZ, check_s3_error, no_hang
 
 KEY = derive_signing_key("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "20130524", "us-east-1", "s3")

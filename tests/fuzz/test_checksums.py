@@ -1,4 +1,4 @@
-"""Checksum headers (s3proxy/http/checksums.py): any header set checks the body or fails with a 4xx."""
+"""Checksum headers (s3proxy/aws/checksums.py): any header set checks the body or fails with a 4xx."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import base64
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.http.checksums import ALGORITHMS, Checker, ChecksumError, digest_b64
+from s3proxy.aws.checksums import ALGORITHMS, Checker, ChecksumError, digest_b64
 from tests.fuzz.helpers import FUZZ, s3_outcome, tricky_text
 
 NAMES = ["content-md5", *(f"x-amz-checksum-{a}" for a in ALGORITHMS), "x-amz-checksum-algorithm", "x-amz-checksum-type",

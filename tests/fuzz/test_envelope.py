@@ -20,7 +20,7 @@ from s3proxy.crypto.envelope import (
     encode_metadata,
     make_envelope,
 )
-from s3proxy.crypto.format import FormatError
+from s3proxy.crypto.errors import FormatError
 from s3proxy.keys.base import WrappedKey
 from tests.fuzz.helpers import FUZZ, no_hang, tricky_text
 

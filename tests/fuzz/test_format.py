@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from s3proxy.crypto import streams
+from s3proxy.crypto.errors import FormatError
 from s3proxy.crypto.format import (
-    FormatError,
     KObjectDecryptor,
     KPartDecryptor,
     KPartEncryptor,

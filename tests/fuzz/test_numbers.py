@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.http.awschunked import ChunkedDecoder
-from s3proxy.http.errors import S3Error
-from s3proxy.http.numbers import parse_hex, parse_uint
-from s3proxy.http.ranges import ByteRange, parse_range
-from s3proxy.http.sigv2 import verify_v2
-from s3proxy.http.sigv4 import RequestView, SigV4Error, verify_request
+from s3proxy.aws.awschunked import ChunkedDecoder
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_hex, parse_uint
+from s3proxy.aws.ranges import ByteRange, parse_range
+from s3proxy.aws.sigv2 import verify_v2
+from s3proxy.aws.sigv4 import RequestView, SigV4Error, verify_request
 from tests.fuzz.helpers import FUZZ, check_s3_error
 from tests.fuzz.test_auth import NOW as AUTH_NOW
 from tests.fuzz.test_auth import SETTINGS as AUTH_SETTINGS

@@ -1,4 +1,4 @@
-"""Range header parsing (s3proxy/http/ranges.py): any header gives a range, None (ignored) or a 416."""
+"""Range header parsing (s3proxy/aws/ranges.py): any header gives a range, None (ignored) or a 416."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.http.ranges import ByteRange, parse_range
+from s3proxy.aws.ranges import ByteRange, parse_range
 from tests.fuzz.helpers import FUZZ, no_hang, s3_outcome, tricky_text
 
 _REF = re.compile(r"[ \t]*bytes[ \t]*=[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*", re.IGNORECASE | re.ASCII)

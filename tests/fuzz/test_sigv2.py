@@ -1,4 +1,4 @@
-"""SigV2 (s3proxy/http/sigv2.py): any request verifies or fails with a 4xx SigV4Error."""
+"""SigV2 (s3proxy/aws/sigv2.py): any request verifies or fails with a 4xx SigV4Error."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from urllib.parse import quote
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.http.sigv2 import V2Result, is_v2, sign, string_to_sign, verify_v2
-from s3proxy.http.sigv4 import SigV4Error
+from s3proxy.aws.sigv2 import V2Result, is_v2, sign, string_to_sign, verify_v2
+from s3proxy.aws.sigv4 import SigV4Error
 from tests.fuzz.helpers import FUZZ, no_hang, s3_outcome, tricky_text, unicode_digit_variants
 
 AK, SK = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

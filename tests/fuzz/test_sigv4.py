@@ -1,4 +1,4 @@
-"""SigV4 (s3proxy/http/sigv4.py): any request verifies, is anonymous, or fails with a 4xx SigV4Error."""
+"""SigV4 (s3proxy/aws/sigv4.py): any request verifies, is anonymous, or fails with a 4xx SigV4Error."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from urllib.parse import quote
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from s3proxy.http.sigv4 import (
+from s3proxy.aws.sigv4 import (
     MAX_PRESIGN_EXPIRES,
     AuthResult,
     RequestView,

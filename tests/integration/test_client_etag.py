@@ -21,6 +21,8 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import CLIENT_AK, CLIENT_SK, RCLONE, Proxy
 
+pytestmark = pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")  # quoted ETags, conditional GET/HEAD, GetObjectAttributes
+
 BODY = os.urandom(70_000)
 MD5 = hashlib.md5(BODY).hexdigest()
 CONTENT_MD5 = base64.b64encode(hashlib.md5(BODY).digest()).decode()

@@ -163,8 +163,8 @@ def test_actual_request_encrypted(proxy, cors_bucket):
 
 
 def test_rules_parsing_and_matching():
+    from s3proxy.aws.errors import S3Error
     from s3proxy.http import cors
-    from s3proxy.http.errors import S3Error
 
     doc = (b'<?xml version="1.0" encoding="UTF-8"?><CORSConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
            b"<CORSRule><ID>r1</ID><AllowedOrigin>http://*.a.test</AllowedOrigin><AllowedMethod>GET</AllowedMethod>"

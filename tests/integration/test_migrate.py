@@ -392,6 +392,7 @@ def test_passthrough_bucket_is_refused(env: Any, raw: Any, bucket: str, tmp_path
 # ------------------------------------------------------------------ export
 
 
+@pytest.mark.needs("aws_responses")
 def test_export_to_directory_round_trips(env: Any, raw: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     objs = seed(raw, bucket, env)
     assert run(job(Migrator, env, bucket, tmp_path)).ok
@@ -408,6 +409,7 @@ def test_export_to_directory_round_trips(env: Any, raw: Any, s3: Any, bucket: st
     assert not (tmp_path / "state.json").exists()
 
 
+@pytest.mark.needs("aws_responses")
 def test_export_to_another_bucket_round_trips(env: Any, raw: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     objs = seed(raw, bucket, env)
     assert run(job(Migrator, env, bucket, tmp_path)).ok
@@ -429,6 +431,7 @@ def test_export_to_another_bucket_round_trips(env: Any, raw: Any, s3: Any, bucke
             assert raw.head_object(Bucket=other, Key="copy/multi")["ETag"].endswith('-4"')
 
 
+@pytest.mark.needs("aws_responses")
 def test_export_refuses_what_the_proxy_refuses_and_unsafe_names(
     env: Any, raw: Any, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -497,6 +500,7 @@ def test_export_resumes(env: Any, raw: Any, s3: Any, bucket: str, tmp_path: Path
 # ------------------------------------------------------------------ the allowance while migrating
 
 
+@pytest.mark.needs("aws_responses")
 def test_plaintext_served_only_under_the_allowed_prefix_while_migrating(
     env: Any, raw: Any, bucket: str, tmp_path: Path
 ) -> None:

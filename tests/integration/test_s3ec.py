@@ -202,6 +202,7 @@ def test_not_read_where_not_enabled(s3ec_proxy: Proxy, raw: Any, make_key: ref.K
 # --------------------------------------------------------------------- migrating them
 
 
+@pytest.mark.needs("aws_responses")
 def test_migrate_from_s3ec(backend: Any, kms: Kms, make_key: ref.KeyMaker, raw: Any, tmp_path: Any) -> None:  # noqa: F811
     """`s3proxy migrate --from s3ec`: S3EC objects (metadata and instruction-file forms) and the
     bucket's plaintext become s3proxy objects, readable by a proxy with neither allowance."""

@@ -19,6 +19,8 @@ from botocore.exceptions import ClientError
 from tests.conftest import Proxy, proxy_settings, start_proxy, stop_proxy
 from tests.integration.helpers import MiB, multipart_upload
 
+pytestmark = pytest.mark.needs("aws_responses")  # reads the backend's metadata names as AWS writes them (rclone capitalises)
+
 MARK_NAME = "mk7q-name"
 MARK_VALUE = "MK7Q-VALUE-secret"
 META = {f"{MARK_NAME}-a": f"{MARK_VALUE}-1", "plain": f"x {MARK_VALUE}-2 y", f"{MARK_NAME}-b": "b"}

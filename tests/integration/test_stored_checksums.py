@@ -17,6 +17,8 @@ import pytest
 
 from tests.integration.helpers import MiB, multipart_upload
 
+pytestmark = pytest.mark.needs("aws_responses", "object_attributes")  # AWS-shaped answers; GetObjectAttributes
+
 BODY = bytes(range(256)) * 300
 
 

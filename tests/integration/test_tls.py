@@ -92,7 +92,7 @@ def _send_aws_chunked(proxy: Proxy, ca: LocalCA, bucket: str, key: str, payload:
     import http.client
     from datetime import UTC, datetime
 
-    from s3proxy.http.sigv4 import sign_request
+    from s3proxy.aws.sigv4 import sign_request
 
     body = b"%x\r\n" % len(payload) + payload + b"\r\n0\r\nx-amz-checksum-crc32:" + crc_b64.encode() + b"\r\n\r\n"
     path = f"/{bucket}/{key}"

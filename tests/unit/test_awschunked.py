@@ -15,9 +15,9 @@ from botocore.config import Config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3proxy.http.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
-from s3proxy.http.checksums import Checker
-from s3proxy.http.sigv4 import (
+from s3proxy.aws.awschunked import AwsChunkedError, ChunkedDecoder, ChunkSigning
+from s3proxy.aws.checksums import Checker
+from s3proxy.aws.sigv4 import (
     RequestView,
     chunk_signature,
     derive_signing_key,

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
-from s3proxy.http.checksums import (
+from s3proxy.aws.checksums import (
     ALGORITHMS,
     Checker,
     ChecksumError,

@@ -33,7 +33,7 @@ from s3proxy.crypto.envelope import (
     verify_upload_token,
 )
 from s3proxy.crypto.envelope import V1_KEYS as ENVELOPE_KEYS
-from s3proxy.crypto.format import (
+from s3proxy.crypto.errors import (
     BindingMismatch,
     InvalidUploadToken,
     MalformedMetadata,

@@ -18,11 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from s3proxy.app import RequestMetrics
+from s3proxy.aws import sigv4
+from s3proxy.aws.sigv4 import SigV4Error, amz_date_of, canonical_uri, wire_bytes
 from s3proxy.backend.client import encode_key
-from s3proxy.http import sigv4
-from s3proxy.http.sigv4 import SigV4Error, amz_date_of, canonical_uri, wire_bytes
 from s3proxy.observability import Metrics
+from s3proxy.state import RequestMetrics
 
 
 def _general_fields(header: str) -> dict[str, str]:

@@ -14,23 +14,25 @@ from cryptography.exceptions import AlreadyFinalized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3proxy.crypto.format import (
+from s3proxy.crypto.errors import (
     ChunkAuthenticationFailed,
     CommitmentMismatch,
     FormatError,
     InvalidCiphertextSize,
     InvalidHeader,
+    PartOrderError,
+    TrailingData,
+    Truncated,
+    UnsupportedFormatVersion,
+)
+from s3proxy.crypto.format import (
     KObjectDecryptor,
     KPartDecryptor,
     KPartEncryptor,
     PartNumberSequence,
-    PartOrderError,
     SDecryptor,
     SEncryptor,
     SRangeDecryptor,
-    TrailingData,
-    Truncated,
-    UnsupportedFormatVersion,
     parse_k_header,
     s_context,
 )

@@ -8,7 +8,8 @@ import os
 import pytest
 
 from s3proxy.crypto.envelope import SealContents
-from s3proxy.crypto.format import KPartEncryptor, MalformedMetadata
+from s3proxy.crypto.errors import MalformedMetadata
+from s3proxy.crypto.format import KPartEncryptor
 from s3proxy.crypto.manifest import Manifest, ManifestMismatch, decode_manifest, manifest_key
 from s3proxy.crypto.streams import KObjectDecryptor
 

@@ -11,8 +11,8 @@ from botocore.auth import HmacV1Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from s3proxy.http.sigv2 import is_v2, verify_v2
-from s3proxy.http.sigv4 import SigV4Error
+from s3proxy.aws.sigv2 import is_v2, verify_v2
+from s3proxy.aws.sigv4 import SigV4Error
 
 AK, SK = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
 

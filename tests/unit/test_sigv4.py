@@ -21,7 +21,7 @@ from minio.credentials import Credentials as MinioCredentials
 from minio.helpers import BaseURL
 from minio.signer import presign_v4, sign_v4_s3
 
-from s3proxy.http.sigv4 import (
+from s3proxy.aws.sigv4 import (
     EMPTY_SHA256,
     AuthResult,
     RequestView,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s3proxy.crypto.format import InvalidCiphertextSize
+from s3proxy.crypto.errors import InvalidCiphertextSize
 from s3proxy.crypto.sizes import (
     CHUNK_SIZE,
     K_CHUNKS,

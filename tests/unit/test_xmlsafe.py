@@ -1,4 +1,4 @@
-"""s3proxy.http.xmlsafe: no DTD in any encoding, strict S3 schemas, canonical output, never a 500."""
+"""s3proxy.aws.xmlsafe: no DTD in any encoding, strict S3 schemas, canonical output, never a 500."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from s3proxy.http import xmlsafe
-from s3proxy.http.errors import S3Error
-from s3proxy.http.xmlsafe import (
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.xmlsafe import (
     CompletePart,
     DeleteRequest,
     complete_parts,

@@ -28,8 +28,8 @@ from typing import Final, Protocol
 
 from awscrt import checksums as _crt
 
-from s3proxy.http.errors import S3Error
-from s3proxy.http.sigv4 import wire_text
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.sigv4 import wire_text
 
 __all__ = ["ALGORITHMS", "ChecksumError", "Checker", "digest_b64", "etag_from_md5", "response_checksum", "stored_checksum"]
 

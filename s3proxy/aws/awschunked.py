@@ -53,8 +53,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from s3proxy.http.errors import S3Error
-from s3proxy.http.sigv4 import chunk_signature, trailer_signature
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.sigv4 import chunk_signature, trailer_signature
 
 __all__ = ["AwsChunkedError", "ChunkSigning", "ChunkedDecoder"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-from s3proxy.http.numbers import parse_uint
-from s3proxy.http.sigv4 import SigV4Error, parse_http_date, wire_bytes
+from s3proxy.aws.numbers import parse_uint
+from s3proxy.aws.sigv4 import SigV4Error, parse_http_date, wire_bytes
 
 # Query parameters that are part of the signed resource (as botocore signs them).
 SUBRESOURCES = frozenset(

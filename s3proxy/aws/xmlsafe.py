@@ -28,8 +28,8 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 from xml.sax.saxutils import unescape
 
-from s3proxy.http.errors import S3Error
-from s3proxy.http.numbers import parse_uint
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
 
 S3_NS: Final = "http://s3.amazonaws.com/doc/2006-03-01/"
 MAX_DEPTH: Final = 32

@@ -42,8 +42,8 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
-from s3proxy.http.errors import S3Error
-from s3proxy.http.numbers import parse_uint
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
 
 __all__ = [
     "ALGORITHM",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from s3proxy.http.errors import S3Error
-from s3proxy.http.numbers import MAX_DIGITS, parse_uint
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import MAX_DIGITS, parse_uint
 
 # ASCII digits and blanks only: ``\d`` and ``\s`` would accept Unicode digits
 # (which int() then parses, or refuses with a 500) and Unicode spaces.

@@ -1,0 +1,138 @@
+"""The running proxy's shared state (``AppState``), its request keys and the limiter.
+
+Imported by the app, the server and every request handler; imports nothing of s3proxy.http."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from s3proxy.aws.errors import S3Error
+from s3proxy.backend.client import BackendClient
+from s3proxy.config import LimitSettings, Settings
+from s3proxy.observability import Metrics
+
+ANONYMOUS = ""  # the per-identity budget key of unauthenticated requests
+
+
+SLOW_DOWN_MESSAGE = "Please reduce your request rate."
+
+
+def slow_down() -> S3Error:
+    return S3Error("SlowDown", SLOW_DOWN_MESSAGE, 503)
+
+
+class Limiter:
+    """Counts open client connections and requests in flight (one worker process)."""
+
+    def __init__(self, limits: LimitSettings, registry: Any) -> None:
+        self.limits = limits
+        self.connections = 0
+        self.in_flight = 0
+        self.by_identity: dict[str, int] = {}
+        self.throttled = Counter(
+            "s3proxy_throttled", "Requests and connections refused with 503 SlowDown, by limit",
+            ["limit"], registry=registry,
+        )
+
+    # -- client connections (see s3proxy.server)
+    def open_connection(self) -> bool:
+        if self.connections >= self.limits.max_connections:
+            self.throttled.labels("connections").inc()
+            return False
+        self.connections += 1
+        return True
+
+    def close_connection(self) -> None:
+        self.connections -= 1
+
+    # -- requests
+    def admit(self, identity: str | None) -> Callable[[], None]:
+        """Count one request (``identity``: an access key, ANONYMOUS, or None for
+        a request that failed authentication); raises SlowDown when over a limit."""
+        if self.in_flight >= self.limits.max_requests:
+            self.throttled.labels("requests").inc()
+            raise slow_down()
+        if identity is not None:
+            n = self.by_identity.get(identity, 0)
+            if n >= self.limits.max_requests_per_identity:
+                self.throttled.labels("identity").inc()
+                raise slow_down()
+            self.by_identity[identity] = n + 1
+        self.in_flight += 1
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            self.in_flight -= 1
+            if identity is not None:
+                left = self.by_identity[identity] - 1
+                if left:
+                    self.by_identity[identity] = left
+                else:
+                    del self.by_identity[identity]
+
+        return release
+
+
+class RequestMetrics:
+    """The labelled children of the per-request metrics, looked up once per (op, status):
+    ``Counter.labels`` validates and hashes its labels under a lock on every call."""
+
+    __slots__ = ("_metrics", "_count", "_latency")
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._count: dict[tuple[str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def observe(self, op: str, status: int, seconds: float) -> None:
+        count = self._count.get((op, status))
+        if count is None:
+            count = self._count[(op, status)] = self._metrics.requests.labels(op, str(status))
+        latency = self._latency.get(op)
+        if latency is None:
+            latency = self._latency[op] = self._metrics.latency.labels(op)
+        count.inc()
+        latency.observe(seconds)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    backend: BackendClient
+    keys: Any  # s3proxy.keys.manager.KeyManager
+    metrics: Metrics
+    limiter: Limiter
+    part_tables: dict[tuple[str, str, str], tuple[int, ...]] = field(default_factory=dict)
+    draining: bool = False
+    request_metrics: RequestMetrics = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.request_metrics = RequestMetrics(self.metrics)
+
+
+STATE: web.AppKey[AppState] = web.AppKey("s3proxy_state", AppState)
+
+
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("s3proxy_request_id", str)
+
+
+OP: web.RequestKey[str] = web.RequestKey("s3proxy_op", str)
+
+
+# The verified caller (s3proxy.http.auth.Caller), when admission authenticated the request.
+CALLER: web.RequestKey[Any] = web.RequestKey("s3proxy_caller", object)
+
+
+RESPONSE_STARTED: web.RequestKey[bool] = web.RequestKey("s3proxy_response_started", bool)
+
+
+BODY_TIMED_OUT: web.RequestKey[bool] = web.RequestKey("s3proxy_body_timed_out", bool)
