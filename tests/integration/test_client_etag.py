@@ -21,7 +21,6 @@ from botocore.exceptions import ClientError
 
 from tests.conftest import CLIENT_AK, CLIENT_SK, RCLONE, Proxy
 
-pytestmark = pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")  # quoted ETags, conditional GET/HEAD, GetObjectAttributes
 
 BODY = os.urandom(70_000)
 MD5 = hashlib.md5(BODY).hexdigest()
@@ -39,6 +38,7 @@ def md5_object(s3: Any, bucket: str) -> str:
     return bucket
 
 
+@pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")
 def test_etag_is_the_plaintext_md5(s3: Any, raw: Any, md5_object: str) -> None:
     b = md5_object
     assert s3.head_object(Bucket=b, Key="k")["ETag"] == f'"{MD5}"'
@@ -52,6 +52,7 @@ def test_etag_is_the_plaintext_md5(s3: Any, raw: Any, md5_object: str) -> None:
     assert attrs["ETag"].strip('"') == MD5
 
 
+@pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")
 def test_listing_etag_is_marked_not_md5(s3: Any, raw: Any, md5_object: str) -> None:
     listed = s3.list_objects_v2(Bucket=md5_object)["Contents"][0]
     backend = raw.list_objects_v2(Bucket=md5_object)["Contents"][0]
@@ -61,6 +62,7 @@ def test_listing_etag_is_marked_not_md5(s3: Any, raw: Any, md5_object: str) -> N
     assert v1["ETag"] == listed["ETag"]
 
 
+@pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")
 def test_no_content_md5_etag_is_marked_not_md5(s3: Any, raw: Any, bucket: str) -> None:
     """Without Content-MD5 the ETag is the backend's (the ciphertext's MD5) marked "-1", the same
     in PUT, HEAD, GET, listings and conditions; multipart ETags stay the backend's "-N"."""
@@ -87,6 +89,7 @@ def test_wrong_content_md5_stores_nothing(s3: Any, raw: Any, bucket: str) -> Non
     assert "Contents" not in raw.list_objects_v2(Bucket=bucket)
 
 
+@pytest.mark.needs("conditional_reads")
 @pytest.mark.parametrize("method", ["get", "head"])
 def test_conditions_use_the_client_etag(s3: Any, md5_object: str, method: str) -> None:
     op = s3.get_object if method == "get" else s3.head_object
@@ -105,6 +108,7 @@ def test_conditions_use_the_client_etag(s3: Any, md5_object: str, method: str) -
         assert r["Body"].read() == BODY[:10]
 
 
+@pytest.mark.needs("aws_responses", "conditional_reads", "object_attributes")
 def test_copy_source_conditions_and_copy_etag(s3: Any, md5_object: str) -> None:
     b = md5_object
     r = s3.copy_object(Bucket=b, Key="c", CopySource={"Bucket": b, "Key": "k"}, CopySourceIfMatch=f'"{MD5}"')
