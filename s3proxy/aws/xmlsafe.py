@@ -388,3 +388,23 @@ def tagging_xml(tags: Iterable[tuple[str, str]]) -> bytes:
 def generic(data: bytes, root: str | None = None) -> bytes:
     """Any other XML body (ACL, bucket configuration): parsed safely, re-written by s3proxy."""
     return serialise(parse(data, root))
+
+
+def parse_backend(data: bytes) -> Element:
+    """A backend's XML answer (a listing, ListParts): unreadable is the backend's fault, a 503."""
+    try:
+        return parse(data)
+    except S3Error:
+        raise S3Error("ServiceUnavailable", "the storage backend sent an unreadable listing", 503) from None
+
+
+def children(el: Element, name: str) -> list[Element]:
+    """The children of ``el`` named ``name``, whatever their namespace."""
+    return [c for c in el if c.tag.rsplit("}", 1)[-1] == name]
+
+
+def child_text(el: Element, name: str) -> str | None:
+    """The text of the first child named ``name`` ("" when empty), None when there is none."""
+    for c in children(el, name):
+        return c.text or ""
+    return None

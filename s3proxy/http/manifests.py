@@ -8,8 +8,6 @@ with the proxy's own backend credentials (see ``s3proxy.http.sidecars``).
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-
 import aiohttp
 
 from s3proxy.aws import xmlsafe
@@ -21,22 +19,9 @@ from s3proxy.crypto.format import Buffer
 from s3proxy.crypto.manifest import MAX_MANIFEST, Manifest, ManifestMismatch, decode_manifest, manifest_key
 from s3proxy.http.ctx import Ctx, read_at_most
 
-
-def _backend_xml(data: bytes) -> ET.Element:
-    try:
-        return xmlsafe.parse(data)
-    except S3Error:
-        raise S3Error("ServiceUnavailable", "the storage backend sent an unreadable listing", 503) from None
-
-
-def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if c.tag.rsplit("}", 1)[-1] == name]
-
-
-def _text(el: ET.Element, name: str) -> str | None:
-    for c in _children(el, name):
-        return c.text or ""
-    return None
+_backend_xml = xmlsafe.parse_backend
+_children = xmlsafe.children
+_text = xmlsafe.child_text
 
 
 async def put_manifest(ctx: Ctx, manifest: Manifest, dek: Buffer) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -164,21 +163,9 @@ async def _upload_listed(ctx: Ctx, backend_id: str) -> bool:
 _MAX_LIST_PAGES = 20
 
 
-def _backend_xml(data: bytes) -> ET.Element:
-    try:
-        return xmlsafe.parse(data)
-    except S3Error:
-        raise S3Error("ServiceUnavailable", "the storage backend sent an unreadable listing", 503) from None
-
-
-def _children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if c.tag.rsplit("}", 1)[-1] == name]
-
-
-def _text(el: ET.Element, name: str) -> str | None:
-    for c in _children(el, name):
-        return c.text or ""
-    return None
+_backend_xml = xmlsafe.parse_backend
+_children = xmlsafe.children
+_text = xmlsafe.child_text
 
 
 def _backend_query(ctx: Ctx, backend_id: str) -> list[tuple[str, str]]:
