@@ -6,7 +6,8 @@ A request reads top to bottom through the package::
       -> app middleware (request id, S3 XML errors, metrics)
       -> http.auth (SigV4 verify, aws-chunked decoding)
       -> http.router (classify the S3 operation)
-      -> http.handlers (dispatch) -> http.objects / multipart / listing / postobject ...
+      -> http.handlers (dispatch) -> http.objects (PUT) / reads (GET, HEAD) / copy /
+         multipart / listing / attributes / postobject ...
          (http.ctx: the request context and relay helpers they share)
       -> crypto.streams (encrypt / decrypt adapters over crypto.format)
       -> backend.client (re-sign with the proxy's credentials, stream)

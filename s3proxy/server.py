@@ -145,15 +145,15 @@ def apply_capabilities(state: Any, caps: Capabilities) -> None:
     probe and what the listing learned disagree, "no" wins (HEADs cost time, never
     exactness).  ``AppState.backend_capabilities`` is there for the copy path and ``/readyz``.
     """
-    from s3proxy.http import listing
+    from s3proxy.http import memo as etag_memo
 
     setattr(state, "backend_capabilities", caps)  # noqa: B010 - AppState is a plain dataclass
     state.metrics.set_backend_capabilities({n: caps.value(n) for n in CAPABILITIES})
     minus_n = caps.value("multipart_etags")
     if state.settings.backend.multipart_etags == "auto" and minus_n != "unknown":
         memo = getattr(state, "listing_memo", None)
-        if not isinstance(memo, listing._Memo):
-            memo = listing._Memo()
+        if not isinstance(memo, etag_memo.EtagMemo):
+            memo = etag_memo.EtagMemo()
             setattr(state, "listing_memo", memo)  # noqa: B010
         memo.minus_n = (minus_n == "yes") and memo.minus_n is not False
 

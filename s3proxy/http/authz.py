@@ -211,7 +211,7 @@ def authorise(ctx: Ctx) -> None:
             raise access_denied()
     source = request.headers.get("x-amz-copy-source")
     if source is not None:
-        from s3proxy.http.objects import parse_copy_source
+        from s3proxy.aws.copysource import parse_copy_source
 
         sb, sk, _ = parse_copy_source(source)
         if not allowed(ident, "read", sb, sk, None):
@@ -230,7 +230,7 @@ def _refuse_reserved(ctx: Ctx) -> None:
         raise access_denied()
     source = ctx.request.headers.get("x-amz-copy-source")
     if source is not None:
-        from s3proxy.http.objects import parse_copy_source
+        from s3proxy.aws.copysource import parse_copy_source
 
         try:
             sb, sk, _ = parse_copy_source(source)

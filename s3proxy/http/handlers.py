@@ -1,7 +1,8 @@
 """Request dispatch: authenticate, route, authorise, call the operation.
 
 Operations that touch object bodies or sizes in an encrypted bucket go to
-``s3proxy.http.objects`` / ``multipart`` / ``listing``; everything else is
+``s3proxy.http.objects`` (PUT) / ``reads`` (GET, HEAD) / ``copy`` / ``attributes`` /
+``multipart`` / ``listing``; everything else is
 re-signed and passed through unchanged (``passthrough``).
 """
 
@@ -109,7 +110,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http import listing, multipart, objects
+    from s3proxy.http import attributes, copy, listing, multipart, objects, reads
 
     r, request = ctx.route, ctx.request
     if r.bucket is not None and r.key is not None:
@@ -131,13 +132,13 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
         return await sidecars.delete_bucket(ctx)  # the bucket's own manifests go with it
     table: dict[str, Handler] = {
         "PutObject": objects.put_object,
-        "GetObject": objects.get_object,
-        "HeadObject": objects.head_object,
-        "CopyObject": objects.copy_object,
-        "GetObjectAttributes": objects.get_object_attributes,
+        "GetObject": reads.get_object,
+        "HeadObject": reads.head_object,
+        "CopyObject": copy.copy_object,
+        "GetObjectAttributes": attributes.get_object_attributes,
         "CreateMultipartUpload": multipart.create,
         "UploadPart": multipart.upload_part,
-        "UploadPartCopy": multipart.upload_part_copy,
+        "UploadPartCopy": copy.upload_part_copy,
         "CompleteMultipartUpload": multipart.complete,
         "AbortMultipartUpload": multipart.abort,
         "ListParts": multipart.list_parts,

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import Mapping
-from urllib.parse import unquote, urlsplit
-from xml.sax.saxutils import escape, unescape
+from urllib.parse import unquote
+from xml.sax.saxutils import unescape
 
 import aiohttp
 from aiohttp import web
@@ -27,17 +26,17 @@ from s3proxy.aws.errors import S3Error
 from s3proxy.crypto import sizes
 from s3proxy.crypto.errors import FormatError
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, response_headers
+from s3proxy.http.memo import PARTS_RE, EtagMemo, etag_memo
 
 MAX_LISTING = 64 * 1024 * 1024
 _ENTRY = re.compile(rb"<(Contents|Version)>(.*?)</\1>", re.S)
-_SIZE = re.compile(rb"<Size>(\d+)</Size>")
-_ETAG = re.compile(rb"<ETag>(.*?)</ETag>", re.S)
-_PARTS = re.compile(rb"-(\d+)(?:&quot;|&#34;|\")?\s*$")
-_CHECKSUM_EL = re.compile(rb"<Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>[^<]*</Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>")
+SIZE_EL = re.compile(rb"<Size>(\d+)</Size>")
+ETAG_EL = re.compile(rb"<ETag>(.*?)</ETag>", re.S)
+CHECKSUM_EL = re.compile(rb"<Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>[^<]*</Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>")
 
 
 def plaintext_from_listing(size: int, etag: bytes) -> int | None:
-    m = _PARTS.search(etag.strip())
+    m = PARTS_RE.search(etag.strip())
     try:
         if m:
             return sizes.k_object_plaintext_size(size, int(m.group(1)))
@@ -48,7 +47,7 @@ def plaintext_from_listing(size: int, etag: bytes) -> int | None:
 
 def _fix_entry(m: re.Match[bytes], *, strict: bool = False) -> bytes:
     body = m.group(2)
-    sm, em = _SIZE.search(body), _ETAG.search(body)
+    sm, em = SIZE_EL.search(body), ETAG_EL.search(body)
     if sm is None or em is None:
         return m.group(0)
     plain = plaintext_from_listing(int(sm.group(1)), em.group(1))
@@ -57,7 +56,7 @@ def _fix_entry(m: re.Match[bytes], *, strict: bool = False) -> bytes:
             raise _Hidden
         return m.group(0)
     body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
-    body = opaque_etag(_CHECKSUM_EL.sub(b"", body))
+    body = opaque_etag(CHECKSUM_EL.sub(b"", body))
     tag = m.group(1)
     return b"<" + tag + b">" + body + b"</" + tag + b">"
 
@@ -96,8 +95,8 @@ def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
 
     def part(m: re.Match[bytes]) -> bytes:
         body = m.group(1)
-        body = _SIZE.sub(lambda s: b"<Size>%d</Size>" % max(0, int(s.group(1)) - sizes.K_PART_OVERHEAD), body)
-        return b"<Part>" + _CHECKSUM_EL.sub(b"", body) + b"</Part>"
+        body = SIZE_EL.sub(lambda s: b"<Size>%d</Size>" % max(0, int(s.group(1)) - sizes.K_PART_OVERHEAD), body)
+        return b"<Part>" + CHECKSUM_EL.sub(b"", body) + b"</Part>"
 
     out = re.sub(rb"<Part>(.*?)</Part>", part, xml, flags=re.S)
     if client_upload_id is not None:
@@ -105,52 +104,6 @@ def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
 
         out = re.sub(rb"<UploadId>[^<]*</UploadId>", b"<UploadId>" + escape(client_upload_id).encode() + b"</UploadId>", out)
     return out
-
-
-def rewrite_attributes(
-    xml: bytes, layout: str, etag: str | None = None, checksum: Mapping[str, str] | None = None
-) -> bytes:
-    """GetObjectAttributes: ObjectSize and part sizes in plaintext; no ciphertext checksums.
-    ``etag`` and ``checksum`` (from an envelope v2 sealed block) replace the backend's ETag and
-    add the plaintext ``Checksum`` (when the request asked for it: ``checksum`` is None otherwise)."""
-    xml = re.sub(rb"<Checksum>.*?</Checksum>", b"", xml, flags=re.S)
-    xml = _CHECKSUM_EL.sub(b"", xml)
-    if checksum is not None:
-        alg = checksum["alg"].encode()
-        el = b"<Checksum><Checksum%s>%s</Checksum%s><ChecksumType>%s</ChecksumType></Checksum>" % (
-            alg, escape(checksum["v"]).encode(), alg, escape(checksum["type"]).encode())
-        xml = re.sub(rb"(<GetObjectAttributesResponse[^>]*>|<GetObjectAttributesOutput[^>]*>)", lambda m: m.group(1) + el, xml, count=1)
-    if layout == "K":
-        xml = re.sub(
-            rb"<Part>(.*?)</Part>",
-            lambda m: b"<Part>" + _SIZE.sub(lambda s: b"<Size>%d</Size>" % (int(s.group(1)) - sizes.K_PART_OVERHEAD), m.group(1)) + b"</Part>",
-            xml,
-            flags=re.S,
-        )
-    n_match = re.search(rb"<TotalPartsCount>(\d+)</TotalPartsCount>", xml)
-    etag_match = _ETAG.search(xml)
-
-    def size(m: re.Match[bytes]) -> bytes:
-        ct = int(m.group(1))
-        try:
-            if layout == "K":
-                if n_match:
-                    n = int(n_match.group(1))
-                else:
-                    pm = _PARTS.search(etag_match.group(1)) if etag_match else None
-                    if pm is None:
-                        return m.group(0)
-                    n = int(pm.group(1))
-                return b"<ObjectSize>%d</ObjectSize>" % sizes.k_object_plaintext_size(ct, n)
-            return b"<ObjectSize>%d</ObjectSize>" % sizes.s_plaintext_size(ct)
-        except FormatError:
-            return m.group(0)
-
-    xml = re.sub(rb"<ObjectSize>(\d+)</ObjectSize>", size, xml)
-    if etag is not None:  # last: the backend's "-N" above may count the parts
-        value = escape(etag.strip('"')).encode()
-        xml = _ETAG.sub(lambda _: b"<ETag>" + value + b"</ETag>", xml, count=1)
-    return xml
 
 
 SKIP_PAGES = 20  # backend pages a listing may read past that held only the proxy's sidecars
@@ -232,50 +185,15 @@ _KEY = re.compile(rb"<Key>([^<]*)</Key>")
 _VERSION_ID = re.compile(rb"<VersionId>([^<]*)</VersionId>")
 
 
-class _Memo:
-    """Per-backend knowledge: does it list multipart objects with "-N" ETags; resolved sizes."""
-
-    def __init__(self) -> None:
-        self.minus_n: bool | None = None  # True: seen "-N" in a listing; False: seen K without it
-        self.sizes: dict[tuple[str, str, str, int], int | None] = {}
-
-
-def _memo(ctx: Ctx) -> _Memo:
-    memo = getattr(ctx.state, "listing_memo", None)
-    if not isinstance(memo, _Memo):
-        memo = _Memo()
-        cfg = ctx.state.settings.backend
-        if cfg.multipart_etags != "auto":
-            memo.minus_n = cfg.multipart_etags == "yes"
-        elif (urlsplit(cfg.url).hostname or "").endswith(".amazonaws.com"):
-            memo.minus_n = True
-        setattr(ctx.state, "listing_memo", memo)  # noqa: B010 - AppState is a plain dataclass
-    return memo
-
-
-def multipart_etags_known(ctx: Ctx) -> bool:
-    return _memo(ctx).minus_n is not None
-
-
-def learn_multipart_etag(ctx: Ctx, etag: str | None) -> None:
-    """A K-layout object read by HEAD/GET tells whether this backend's multipart ETags end in
-    "-N" (used by ``auto``; a pinned ``multipart_etags`` setting is never overridden)."""
-    if ctx.state.settings.backend.multipart_etags != "auto" or not etag:
-        return
-    memo = _memo(ctx)
-    if memo.minus_n is None:
-        memo.minus_n = _PARTS.search(etag.strip().encode()) is not None
-
-
 def _entry_fields(body: bytes) -> tuple[int, bytes] | None:
-    sm, em = _SIZE.search(body), _ETAG.search(body)
+    sm, em = SIZE_EL.search(body), ETAG_EL.search(body)
     if sm is None or em is None:
         return None
     return int(sm.group(1)), em.group(1)
 
 
 def _needs_head(size: int, etag: bytes, minus_n: bool | None) -> bool:
-    if _PARTS.search(etag.strip()):
+    if PARTS_RE.search(etag.strip()):
         return False
     if minus_n is True:
         try:
@@ -288,7 +206,7 @@ def _needs_head(size: int, etag: bytes, minus_n: bool | None) -> bool:
 
 async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
     """The listing with plaintext sizes; HEADs only the entries whose layout the listing hides."""
-    memo = _memo(ctx)
+    memo = etag_memo(ctx)
     if memo.minus_n is True:
         # The common case (AWS, MinIO, Ceph): every layout shows in the listing; one pass.
         try:
@@ -297,7 +215,7 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
             pass
     entries = list(_ENTRY.finditer(xml))
     fields = [_entry_fields(m.group(2)) for m in entries]
-    if any(f is not None and _PARTS.search(f[1].strip()) for f in fields):
+    if any(f is not None and PARTS_RE.search(f[1].strip()) for f in fields):
         memo.minus_n = True
     minus_n = memo.minus_n  # one decision for the whole page
     url_keys = ctx.route.q("encoding-type") == "url"
@@ -339,10 +257,10 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
             plain = plaintext_from_listing(f[0], f[1])
         if plain is None:
             return m.group(0)
-        sm = _SIZE.search(body)
+        sm = SIZE_EL.search(body)
         assert sm is not None
         body = body[: sm.start()] + b"<Size>%d</Size>" % plain + body[sm.end():]
-        body = opaque_etag(_CHECKSUM_EL.sub(b"", body))
+        body = opaque_etag(CHECKSUM_EL.sub(b"", body))
         tag = m.group(1)
         return b"<" + tag + b">" + body + b"</" + tag + b">"
 
@@ -360,9 +278,9 @@ def _cache_key(ctx: Ctx, body: bytes, f: tuple[int, bytes], url_keys: bool) -> t
     return (ctx.bucket, key, etag, f[0])
 
 
-async def _head_size(ctx: Ctx, memo: _Memo, ck: tuple[str, str, str, int], vid: str | None) -> int | None:
+async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vid: str | None) -> int | None:
     """Plaintext size of one listed object from its envelope (None: leave the listed size)."""
-    from s3proxy.http import objects
+    from s3proxy.http import objects, reads
     from s3proxy.http.router import Route
 
     bucket, key, etag, size = ck
@@ -393,7 +311,7 @@ async def _head_size(ctx: Ctx, memo: _Memo, ck: tuple[str, str, str, int], vid: 
         memo.minus_n = False  # ("-N" once seen stays trusted: a plain-ETag K object there was copied around us)
     sub = dataclasses.replace(ctx, route=Route("HeadObject", bucket, key, tuple(vq)))
     try:
-        return await objects.resolve_size(sub, bucket, key, env, etag, size)
+        return await reads.resolve_size(sub, bucket, key, env, etag, size)
     except S3Error as e:
         if e.status >= 500:
             raise

@@ -9,12 +9,10 @@ part (``crypto.format``); sizes in ListParts are the plaintext sizes.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -26,7 +24,6 @@ from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
 from s3proxy.crypto import sizes
 from s3proxy.crypto.envelope import (
-    Envelope,
     UploadToken,
     decode_upload_token,
     encode_upload_token,
@@ -39,16 +36,9 @@ from s3proxy.crypto.format import KPartEncryptor
 from s3proxy.http import manifests, sidecars, sse
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, relay, response_headers, send_streamed
-from s3proxy.http.listing import _CHECKSUM_EL, rewrite_parts
+from s3proxy.http.listing import CHECKSUM_EL, rewrite_parts
 from s3proxy.http.objects import (
     META,
-    Sealed,
-    _decrypt_range,
-    backend_length,
-    copy_result_xml,
-    open_copy_source,
-    part_table,
-    resolve_size,
     seal_for_write,
     unseal,
     write_headers,
@@ -59,7 +49,7 @@ from s3proxy.observability import get_logger
 log = get_logger("s3proxy.multipart")
 
 SEP = "~"
-_UPLOAD_ID = re.compile(rb"<UploadId>([^<]*)</UploadId>")
+UPLOAD_ID = re.compile(rb"<UploadId>([^<]*)</UploadId>")
 
 
 def _parse_upload_id(ctx: Ctx, client_id: str) -> tuple[str, UploadToken | None]:
@@ -102,7 +92,7 @@ class OpenUpload:
     dek: bytearray
 
 
-async def _open_upload(ctx: Ctx, op: str, client_id: str | None = None) -> OpenUpload:
+async def open_upload(ctx: Ctx, op: str, client_id: str | None = None) -> OpenUpload:
     """Unwrap the token's DEK and verify that s3proxy issued the token for this bucket, key and
     backend upload; anything else is NoSuchUpload, before a byte reaches the backend."""
     backend_id, token = _parse_upload_id(ctx, client_id if client_id is not None else ctx.route.q("uploadId") or "")
@@ -126,7 +116,7 @@ async def _checked_backend_id(ctx: Ctx, op: str) -> tuple[str, WrappedKey | None
     backend to refuse an upload id used under another key: S3 stand-ins accept that."""
     backend_id, token = _parse_upload_id(ctx, ctx.route.q("uploadId") or "")
     if token is not None and (token.wrapped.backend != "sse-c" or sse.C_KEY in ctx.request.headers):
-        up = await _open_upload(ctx, op)
+        up = await open_upload(ctx, op)
         up.dek[:] = bytes(len(up.dek))
         return backend_id, token.wrapped
     if not await _upload_listed(ctx, backend_id):
@@ -185,7 +175,7 @@ async def create(ctx: Ctx) -> web.StreamResponse:
         return await backend_error(ctx, resp)
     body = await read_at_most(resp, 1 << 20)
     resp.release()
-    m = _UPLOAD_ID.search(body)
+    m = UPLOAD_ID.search(body)
     if m is None:
         dek[:] = bytes(len(dek))
         raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
@@ -212,14 +202,14 @@ async def _abort_backend(ctx: Ctx, backend_id: str) -> None:
         log.warning("create_abort_failed", bucket=ctx.bucket)
 
 
-def _part_number(ctx: Ctx) -> int:
+def part_number_arg(ctx: Ctx) -> int:
     n = parse_uint(ctx.route.q("partNumber"), max_digits=5)
     if n is None or not 1 <= n <= 10000:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
     return n
 
 
-async def _send_part(
+async def send_part(
     ctx: Ctx, backend_id: str, pn: int, dek: bytearray, object_id: bytes, p: int,
     plaintext: AsyncIterator[bytes | bytearray | memoryview], headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
@@ -246,15 +236,15 @@ async def _send_part(
 
 
 async def upload_part(ctx: Ctx) -> web.StreamResponse:
-    pn = _part_number(ctx)
+    pn = part_number_arg(ctx)
     body = RequestBody(ctx.request, ctx.caller.auth)
     if body.length is None:
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.", 411)
     if body.length > ctx.state.settings.limits.max_part_size:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed part size.", 400)
-    up = await _open_upload(ctx, "UploadPart")
+    up = await open_upload(ctx, "UploadPart")
     try:
-        resp = await _send_part(ctx, up.backend_id, pn, up.dek, up.object_id, body.length, body.chunks())
+        resp = await send_part(ctx, up.backend_id, pn, up.dek, up.object_id, body.length, body.chunks())
     finally:
         up.dek[:] = bytes(len(up.dek))
     ctx.state.metrics.encrypted.inc(body.length)
@@ -265,11 +255,11 @@ async def upload_part(ctx: Ctx) -> web.StreamResponse:
     resp.release()
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith("x-amz-checksum-")])
     hdrs.update(body.verified_checksums())
-    _sse_headers_for_upload(ctx, hdrs, up.wrapped)
+    sse_headers_for_upload(ctx, hdrs, up.wrapped)
     return web.Response(status=200, headers=hdrs)
 
 
-def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str], wrapped: WrappedKey | None) -> None:
+def sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str], wrapped: WrappedKey | None) -> None:
     if wrapped is None:
         return
     if wrapped.backend == "sse-c":
@@ -278,45 +268,6 @@ def _sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str], wrapped: WrappedKe
     else:
         hdrs[sse.SSE] = "aws:kms"
         hdrs[sse.KMS_KEY] = ctx.state.keys.key_id_for_display(wrapped)
-
-
-def _copy_range(value: str | None, size: int) -> tuple[int, int]:
-    if value is None:
-        return 0, size
-    first, dash, last = value.strip().removeprefix("bytes=").partition("-")
-    a, b = parse_uint(first), parse_uint(last)
-    if not value.strip().startswith("bytes=") or not dash or a is None or b is None:
-        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
-    if a > b or b >= size:
-        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
-    return a, b + 1
-
-
-async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
-    """Decrypt the source range and re-encrypt it as a part of this upload."""
-    pn = _part_number(ctx)
-    src = await open_copy_source(ctx, "UploadPartCopy")
-    src_bucket, src_key, vq, head, env, src_dek = src.bucket, src.key, src.vq, src.head, src.env, src.dek
-    etag = head.headers.get("ETag", "")
-    total = backend_length(head.headers)
-    size = await resolve_size(ctx, src_bucket, src_key, env, etag, total)
-    start, end = _copy_range(ctx.request.headers.get("x-amz-copy-source-range"), size)
-    table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
-    up = await _open_upload(ctx, "UploadPartCopy")
-    plaintext = _decrypt_range(ctx, Sealed(env, src_dek), table, total, start, end, etag, b"", vq, src_bucket, src_key)
-    try:
-        resp = await _send_part(ctx, up.backend_id, pn, up.dek, up.object_id, end - start, plaintext)
-    finally:
-        up.dek[:] = bytes(len(up.dek))
-    if resp.status != 200:
-        return await backend_error(ctx, resp)
-    await resp.read()
-    resp.release()
-    hdrs = response_headers(resp.headers, ctx.request_id, drop=["etag", "content-type"])
-    _sse_headers_for_upload(ctx, hdrs, up.wrapped)
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    body = copy_result_xml(resp.headers.get("ETag", ""), now, "CopyPartResult")
-    return web.Response(status=200, body=body, headers=hdrs, content_type="application/xml")
 
 
 async def complete(ctx: Ctx) -> web.StreamResponse:
@@ -346,10 +297,10 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
         return await backend_error(ctx, resp)
     out = await read_at_most(resp, 1 << 20)
     resp.release()
-    out = _CHECKSUM_EL.sub(b"", out)
+    out = CHECKSUM_EL.sub(b"", out)
     await sidecars.delete_upload(ctx, backend_id)
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))])
-    _sse_headers_for_upload(ctx, hdrs, wrapped)
+    sse_headers_for_upload(ctx, hdrs, wrapped)
     await _learn_multipart_etags(ctx)
     return web.Response(status=200, body=out, headers=hdrs)
 
@@ -369,7 +320,7 @@ async def _upload_with_dek(ctx: Ctx) -> OpenUpload | None:
         backend_id, token = _parse_upload_id(ctx, client_id)
     if token is None or token.wrapped.backend == "sse-c":
         return None
-    return await _open_upload(ctx, "CompleteMultipartUpload", client_id)
+    return await open_upload(ctx, "CompleteMultipartUpload", client_id)
 
 
 async def _learn_multipart_etags(ctx: Ctx) -> None:
@@ -377,9 +328,9 @@ async def _learn_multipart_etags(ctx: Ctx) -> None:
     backend keeps "-N" on multipart ETags, so listings need no HEADs from then on (issue 16).
     The ETag of the Complete answer itself is no proof: rclone serve s3 answers "-N" there but
     lists and HEADs a plain ETag."""
-    from s3proxy.http import listing
+    from s3proxy.http import memo
 
-    if ctx.state.settings.backend.multipart_etags != "auto" or listing.multipart_etags_known(ctx):
+    if ctx.state.settings.backend.multipart_etags != "auto" or memo.multipart_etags_known(ctx):
         return
     try:
         resp = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key)
@@ -387,7 +338,7 @@ async def _learn_multipart_etags(ctx: Ctx) -> None:
         return
     resp.release()
     if resp.status == 200:
-        listing.learn_multipart_etag(ctx, resp.headers.get("ETag"))
+        memo.learn_multipart_etag(ctx, resp.headers.get("ETag"))
 
 
 async def abort(ctx: Ctx) -> web.StreamResponse:
@@ -426,171 +377,6 @@ async def list_uploads(ctx: Ctx) -> web.StreamResponse:
         body = re.sub(rb"<UploadIdMarker>[^<]*</UploadIdMarker>",
                       lambda _: b"<UploadIdMarker>" + escape(marker).encode() + b"</UploadIdMarker>", body, count=1)
     return web.Response(status=200, body=body, headers=response_headers(resp.headers, ctx.request_id))
-
-
-async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, str]]) -> str:
-    """The source object's tags as an ``x-amz-tagging`` header value ('' if none)."""
-    from urllib.parse import quote
-
-    r = await ctx.state.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
-    body = await read_at_most(r, 1 << 16)
-    r.release()
-    if r.status != 200:
-        return ""
-    pairs = re.findall(rb"<Tag>\s*<Key>(.*?)</Key>\s*<Value>(.*?)</Value>\s*</Tag>", body, re.S)
-    return "&".join(
-        f"{quote(xmlsafe.text(k.decode()), safe='')}={quote(xmlsafe.text(v.decode()), safe='')}" for k, v in pairs
-    )
-
-
-async def copy_multipart(
-    ctx: Ctx,
-    src_bucket: str,
-    src_key: str,
-    vq: list[tuple[str, str]],
-    src_headers: object,
-    env: Envelope,
-    new_env: Envelope,
-    headers: dict[str, str],
-) -> web.StreamResponse:
-    """Server-side copy of a K-layout object, part by part (keeps sizes exact).
-
-    Part 1 is copied first: a backend without UploadPartCopy (rclone serve s3 answers 200 and
-    stores an empty part; others a 4xx or 501) makes the copy fall back to decrypting and
-    re-encrypting each part through the proxy, with the same part boundaries. Failures are
-    4xx, 501 or 503, never 500: clients retry a 500."""
-    from multidict import CIMultiDictProxy
-
-    assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
-    etag = src_headers.get("ETag", "")
-    total = backend_length(src_headers)
-    table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
-    backend = ctx.state.backend
-    create_headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-copy-source-if-")}
-    if ctx.request.headers.get("x-amz-tagging-directive", "COPY").upper() == "COPY":
-        # A new upload starts untagged; S3's CopyObject keeps the source's tags by default.
-        create_headers.pop("x-amz-tagging", None)
-        tags = await _source_tagging(ctx, src_bucket, src_key, vq)
-        if tags:
-            create_headers["x-amz-tagging"] = tags
-
-    async def create_upload() -> str | web.StreamResponse:
-        resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
-        if resp.status != 200:
-            return await backend_error(ctx, resp)
-        m = _UPLOAD_ID.search(await read_at_most(resp, 1 << 20))
-        resp.release()
-        if m is None:
-            raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
-        return xmlsafe.text(m.group(1).decode())
-
-    async def abort_upload(upload_id: str) -> None:
-        try:
-            r2 = await backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", upload_id)])
-            r2.release()
-        except Exception:  # noqa: BLE001 - best effort; the original error is what the client sees
-            log.warning("copy_abort_failed", bucket=ctx.bucket)
-
-    created = await create_upload()
-    if not isinstance(created, str):
-        return created
-    upload_id = created
-    source = backend.copy_source(src_bucket, src_key, vq[0][1] if vq else None)
-    sem = asyncio.Semaphore(8)
-
-    async def copy_part(i: int, off: int, c: int) -> str | None:
-        """The part's ETag, or None when the backend has no (working) UploadPartCopy."""
-        async with sem:
-            r = await backend.request(
-                "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(i)), ("uploadId", upload_id)],
-                headers={"x-amz-copy-source": source, "x-amz-copy-source-range": f"bytes={off}-{off + c - 1}",
-                         "x-amz-copy-source-if-match": etag},
-            )
-            data = await read_at_most(r, 1 << 16)
-            r.release()
-            em = re.search(rb"<ETag>([^<]*)</ETag>", data)
-            if r.status == 200 and em is not None:
-                return xmlsafe.text(em.group(1).decode())
-            if r.status == 412:
-                raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
-            if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
-                return None
-            raise S3Error("ServiceUnavailable", f"server-side copy of part {i} failed ({r.status})", 503)
-
-    try:
-        first = await copy_part(1, *table[0])
-        if first is None:
-            await abort_upload(upload_id)
-            upload_id = ""
-            fallback = await create_upload()
-            if not isinstance(fallback, str):
-                return fallback
-            upload_id = fallback
-            log.info("copy_reencrypt_fallback", bucket=ctx.bucket, parts=len(table))
-            etags = await _reencrypt_parts(ctx, src_bucket, src_key, vq, env, etag, total, table, upload_id)
-        else:
-            rest = await asyncio.gather(*(copy_part(i + 1, off, c) for i, (off, c) in enumerate(table) if i > 0))
-            if any(e is None for e in rest):
-                raise S3Error("ServiceUnavailable", "server-side copy of a part failed", 503)
-            etags = [first, *(e for e in rest if e is not None)]
-        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>" for i, e in enumerate(etags))
-        xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml)
-        data = await read_at_most(r, 1 << 20)
-        r.release()
-        em = re.search(rb"<ETag>([^<]*)</ETag>", data)
-        if r.status != 200 or em is None:
-            raise S3Error("ServiceUnavailable", f"completing the copy failed ({r.status})", 503)
-    except BaseException:
-        if upload_id:
-            await abort_upload(upload_id)
-        raise
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    hdrs = CIMultiDict({"x-amz-request-id": ctx.request_id})
-    if "x-amz-version-id" in r.headers:
-        hdrs["x-amz-version-id"] = r.headers["x-amz-version-id"]
-    hdrs.update(sse.response_headers(ctx, new_env))
-    return web.Response(
-        status=200, body=copy_result_xml(xmlsafe.text(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
-    )
-
-
-async def _reencrypt_parts(
-    ctx: Ctx, src_bucket: str, src_key: str, vq: list[tuple[str, str]], env: Envelope, etag: str, total: int,
-    table: list[tuple[int, int]], upload_id: str,
-) -> list[str]:
-    """Copy a K object's parts through the proxy: decrypt each source part (authenticated) and
-    encrypt it again as the same-numbered part of ``upload_id``, streaming (bounded memory).
-    Same DEK and object id as the source (``rebind`` keeps both), same part sizes."""
-    dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
-    sealed = Sealed(env, dek)
-    sem = asyncio.Semaphore(4)
-    spans, p_off = [], 0
-    for _, c in table:
-        spans.append((p_off, c - sizes.K_PART_OVERHEAD))
-        p_off += c - sizes.K_PART_OVERHEAD
-
-    async def one(pn: int, start: int, p: int) -> str:
-        async with sem:
-            plaintext = _decrypt_range(ctx, sealed, table, total, start, start + p, etag, b"", vq, src_bucket, src_key)
-            try:
-                r = await _send_part(ctx, upload_id, pn, dek, env.object_id, p, plaintext, headers={})
-            except aiohttp.ClientError as e:
-                raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
-            await r.read()
-            r.release()
-            e_tag = r.headers.get("ETag")
-            if r.status != 200 or not e_tag:
-                if r.status >= 500 and r.status != 501:
-                    raise S3Error("ServiceUnavailable", f"uploading part {pn} of the copy failed ({r.status})", 503)
-                raise S3Error("NotImplemented", "The storage backend supports neither UploadPartCopy nor this copy.", 501)
-            ctx.state.metrics.encrypted.inc(p)
-            return e_tag
-
-    try:
-        return list(await asyncio.gather(*(one(i + 1, s, p) for i, (s, p) in enumerate(spans))))
-    finally:
-        dek[:] = bytes(len(dek))
 
 
 __all__ = ["META", "escape", "unseal"]

@@ -142,25 +142,25 @@ def test_multipart_etags_setting_pins_the_listing_rule() -> None:
     from types import SimpleNamespace
 
     from s3proxy.config import BackendSettings
-    from s3proxy.http import listing
+    from s3proxy.http import memo as listing
 
     def ctx(url: str, mode: str) -> Any:
         settings = SimpleNamespace(backend=BackendSettings(url=url, multipart_etags=mode))
         return SimpleNamespace(state=SimpleNamespace(settings=settings))
 
-    assert listing._memo(ctx("http://127.0.0.1:9000", "yes")).minus_n is True
-    assert listing._memo(ctx("http://127.0.0.1:9000", "no")).minus_n is False
-    assert listing._memo(ctx("http://127.0.0.1:9000", "auto")).minus_n is None
-    assert listing._memo(ctx("https://s3.eu-west-1.amazonaws.com", "auto")).minus_n is True
+    assert listing.etag_memo(ctx("http://127.0.0.1:9000", "yes")).minus_n is True
+    assert listing.etag_memo(ctx("http://127.0.0.1:9000", "no")).minus_n is False
+    assert listing.etag_memo(ctx("http://127.0.0.1:9000", "auto")).minus_n is None
+    assert listing.etag_memo(ctx("https://s3.eu-west-1.amazonaws.com", "auto")).minus_n is True
     c = ctx("http://127.0.0.1:9000", "auto")
     listing.learn_multipart_etag(c, '"0123abcd-3"')
-    assert listing._memo(c).minus_n is True
+    assert listing.etag_memo(c).minus_n is True
     c = ctx("http://127.0.0.1:9000", "auto")
     listing.learn_multipart_etag(c, '"0123abcd"')
-    assert listing._memo(c).minus_n is False
+    assert listing.etag_memo(c).minus_n is False
     c = ctx("http://127.0.0.1:9000", "yes")
     listing.learn_multipart_etag(c, '"0123abcd"')  # a pinned setting is never overridden
-    assert listing._memo(c).minus_n is True
+    assert listing.etag_memo(c).minus_n is True
 
 
 def test_unimplemented_operations_answer_501_not_500(rclone_backend: Backend) -> None:

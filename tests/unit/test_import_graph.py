@@ -148,13 +148,7 @@ def upward_arrows(g: dict[str, set[str]]) -> set[tuple[str, str]]:
 
 # Arrows that exist today and are to be removed (issue 10); the list may only shrink.
 KNOWN_UPWARD: set[tuple[str, str]] = set()
-KNOWN_CYCLES: list[list[str]] = [
-    # copy_object (objects) calls multipart's copy of multipart sources, multipart uses objects'
-    # readers; objects and listing share the -N ETag memo; authz parses copy sources with objects'
-    # parser.  Next step: a copy module above objects and multipart, the memo and the copy-source
-    # parser below them.
-    ["s3proxy.http.authz", "s3proxy.http.listing", "s3proxy.http.multipart", "s3proxy.http.objects"],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def test_no_import_cycles() -> None:

@@ -1,0 +1,409 @@
+"""Server-side copies: CopyObject, UploadPartCopy and the part-by-part copy of multipart sources.
+
+A copy decrypts the source (``http.reads``) and encrypts it again for the destination (a new
+envelope bound to the destination's bucket and key), or, for a metadata-only self-copy, re-seals
+the envelope.  Sits above ``http.objects``, ``http.reads`` and ``http.multipart``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from xml.sax.saxutils import escape
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from s3proxy.aws import xmlsafe
+from s3proxy.aws.copysource import parse_copy_source
+from s3proxy.aws.errors import S3Error
+from s3proxy.aws.numbers import parse_uint
+from s3proxy.crypto import sizes
+from s3proxy.crypto.envelope import (
+    SEALED_VERSION,
+    Envelope,
+    SealContents,
+    is_reserved,
+    verify_binding,
+)
+from s3proxy.crypto.errors import (
+    FormatError,
+)
+from s3proxy.http import sse
+from s3proxy.http.ctx import (
+    Ctx,
+    backend_error,
+    forward_headers,
+    read_at_most,
+    response_headers,
+)
+from s3proxy.http.multipart import UPLOAD_ID, open_upload, part_number_arg, send_part, sse_headers_for_upload
+from s3proxy.http.objects import (
+    META,
+    Sealed,
+    backend_length,
+    client_etag,
+    client_metadata,
+    envelope_metadata,
+    mapped_conditions,
+    opened_seal,
+    read_envelope,
+    user_metadata,
+)
+from s3proxy.http.reads import decrypt_range, part_table, resolve_size
+from s3proxy.observability import get_logger
+
+log = get_logger("s3proxy.copy")
+
+# A copy onto itself must change something, as on AWS S3: the metadata (REPLACE directive), the
+# storage class, the website redirect location or the encryption.  A header naming any of these
+# counts even when its value equals the object's; a copy of a named source version (a restore) is
+# always allowed.  Followed: the CopyObject error text, and AWS-recorded responses in LocalStack's
+# tests/aws/services/s3/test_s3.py (test_s3_copy_object_in_place*: storage class / redirect / SSE
+# headers allow it, a metadata header without REPLACE or an ACL header does not).
+SELF_COPY_MESSAGE = (
+    "This copy request is illegal because it is trying to copy an object to itself without changing the "
+    "object's metadata, storage class, website redirect location or encryption attributes."
+)
+_SELF_COPY_CHANGES = ("x-amz-storage-class", "x-amz-website-redirect-location", sse.SSE, sse.C_ALG)
+
+
+def check_source_access(ctx: Ctx, bucket: str, key: str) -> None:
+    from s3proxy.http.authz import allowed
+
+    ident = ctx.caller.identity
+    if ident is None or not allowed(ident, "read", bucket, key, None):
+        raise S3Error("AccessDenied", "Access Denied", 403)
+
+
+@dataclass
+class CopySource:
+    bucket: str
+    key: str
+    version: str | None
+    vq: list[tuple[str, str]]
+    head: aiohttp.ClientResponse  # released; headers only
+    env: Envelope
+    dek: bytearray
+    conds: dict[str, str] = field(default_factory=dict)  # the copy-source conditions, ETags mapped
+
+
+async def open_copy_source(ctx: Ctx, op: str) -> CopySource:
+    """HEAD the ``x-amz-copy-source`` (its conditions applied), check access, unwrap its key
+    and its placement binding."""
+    bucket, key, version = parse_copy_source(ctx.request.headers["x-amz-copy-source"])
+    check_source_access(ctx, bucket, key)
+    if ctx.state.settings.bucket(bucket).mode != "encrypt":
+        raise S3Error("NotImplemented", "copying from a passthrough bucket into an encrypted one is not supported", 501)
+    vq = [("versionId", version)] if version else []
+    conds = await mapped_conditions(ctx, bucket, key, vq, "x-amz-copy-source-")
+    head = await ctx.state.backend.request("HEAD", bucket, key, query=vq, headers=conds)
+    head.release()
+    if head.status != 200:
+        if head.status == 404:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
+        if head.status in (304, 412):
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified did not hold", 412)
+        raise S3Error("AccessDenied" if head.status == 403 else "InternalError", "cannot read the copy source", head.status)
+    env = read_envelope(head.headers)
+    if env is None:
+        raise S3Error("InvalidObjectState", "The copy source was not written through s3proxy (no encryption metadata).", 403)
+    sse.check_copy_source_key(ctx, env)
+    dek = await sse.unwrap(ctx, env, bucket, key, op, copy_source=True)
+    try:
+        verify_binding(env, dek, bucket, key)
+    except FormatError:
+        raise S3Error("AccessDenied", "The source object's encryption metadata is not bound to its name.", 403) from None
+    return CopySource(bucket, key, version, vq, head, env, dek, conds)
+
+
+def check_self_copy(ctx: Ctx, src: CopySource) -> None:
+    if (src.bucket, src.key) != (ctx.bucket, ctx.key) or src.version is not None:
+        return
+    h = ctx.request.headers
+    if h.get("x-amz-metadata-directive", "").upper() == "REPLACE" or any(n in h for n in _SELF_COPY_CHANGES):
+        return
+    if src.env.wrapped.backend == "sse-c":
+        return  # no destination customer key: the copy drops SSE-C, an encryption change
+    src.dek[:] = bytes(len(src.dek))
+    raise S3Error("InvalidRequest", SELF_COPY_MESSAGE, 400)
+
+
+async def copy_object(ctx: Ctx) -> web.StreamResponse:
+    src = await open_copy_source(ctx, "CopyObject")
+    check_self_copy(ctx, src)
+    src_bucket, src_key, src_version, vq, head, env, src_dek = (
+        src.bucket, src.key, src.version, src.vq, src.head, src.env, src.dek
+    )
+    directive = ctx.request.headers.get("x-amz-metadata-directive", "COPY").upper()
+    sealed = copy_seal(ctx, src, directive)
+    new_env = await sse.rewrap_for(ctx, env, src_dek, src_bucket, ctx.bucket, ctx.key, sealed=sealed)
+    if directive == "REPLACE":
+        headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"])
+    else:
+        headers = {k: v for k, v in head.headers.items() if k.lower().startswith(META) and not k.lower().startswith(META + "s3proxy-")}
+        for h in ("Content-Type", "Content-Encoding", "Content-Disposition", "Content-Language", "Cache-Control", "Expires", "x-amz-website-redirect-location"):
+            if h in head.headers:
+                headers[h.lower()] = head.headers[h]
+        for k, v in forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"]).items():
+            if k.startswith(("x-amz-tagging", "x-amz-storage-class", "x-amz-acl", "x-amz-grant", "x-amz-object-lock")):
+                headers[k] = v
+    if new_env.version >= SEALED_VERSION:  # the client's metadata is in the sealed block only
+        headers = {k: v for k, v in headers.items() if not k.lower().startswith(META)}
+    for k, v in envelope_metadata(new_env).items():
+        headers[META + k] = v
+    for k, v in src.conds.items():
+        headers["x-amz-copy-source-" + k] = v
+    if env.layout == "K":
+        if sealed is not None and sealed.manifest:  # same object id and DEK: the same manifest
+            from s3proxy.http import manifests
+
+            await manifests.copy_manifest(ctx, src_bucket, env.object_id, src_dek)
+        return await copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers)
+    headers["x-amz-copy-source"] = ctx.state.backend.copy_source(src_bucket, src_key, src_version)
+    headers["x-amz-metadata-directive"] = "REPLACE"
+    resp = await ctx.state.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    body = await resp.read()
+    resp.release()
+    em = re.search(rb"<ETag>([^<]*)</ETag>", body)
+    etag = client_etag(xmlsafe.text(em.group(1).decode()) if em else None, sealed)  # the same plaintext's
+    if em is not None and etag is not None:
+        body = body[: em.start()] + b"<ETag>" + escape(etag).encode() + b"</ETag>" + body[em.end():]
+    hdrs = response_headers(resp.headers, ctx.request_id, drop=["content-length"])
+    hdrs.update(sse.response_headers(ctx, new_env))
+    return web.Response(status=200, body=body, headers=hdrs)
+
+
+def copy_seal(ctx: Ctx, src: CopySource, directive: str) -> SealContents | None:
+    """The sealed block of a copy: the source's metadata (COPY; from its sealed block or, for a
+    v1 source, its plaintext metadata) or the request's (REPLACE), with the source's checksum and
+    ETag (same plaintext).  None (a v1 copy) only when the source is v1 and the destination
+    bucket does not seal; a sealed source's metadata is never written back in plaintext."""
+    contents = opened_seal(ctx, src.env, src.dek)
+    if directive == "REPLACE":
+        meta = client_metadata(ctx.request.headers)
+    elif contents is not None:
+        meta = dict(contents.meta)
+    else:
+        meta = {k: v for k, v in user_metadata(src.head.headers).items() if not is_reserved(k)}
+    if contents is None and not ctx.bucket_settings.seal_metadata:
+        return None
+    if contents is None:
+        return SealContents(meta)
+    return SealContents(meta, contents.checksum, contents.etag, contents.manifest)
+
+
+def copy_result_xml(etag: str, last_modified: str, tag: str = "CopyObjectResult") -> bytes:
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<{tag} xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<LastModified>{escape(last_modified)}</LastModified><ETag>{escape(etag)}</ETag></{tag}>"
+    ).encode()
+
+
+def _copy_range(value: str | None, size: int) -> tuple[int, int]:
+    if value is None:
+        return 0, size
+    first, dash, last = value.strip().removeprefix("bytes=").partition("-")
+    a, b = parse_uint(first), parse_uint(last)
+    if not value.strip().startswith("bytes=") or not dash or a is None or b is None:
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last", 400)
+    if a > b or b >= size:
+        raise S3Error("InvalidRange", "The requested range is not satisfiable", 416)
+    return a, b + 1
+
+
+async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
+    """Decrypt the source range and re-encrypt it as a part of this upload."""
+    pn = part_number_arg(ctx)
+    src = await open_copy_source(ctx, "UploadPartCopy")
+    src_bucket, src_key, vq, head, env, src_dek = src.bucket, src.key, src.vq, src.head, src.env, src.dek
+    etag = head.headers.get("ETag", "")
+    total = backend_length(head.headers)
+    size = await resolve_size(ctx, src_bucket, src_key, env, etag, total)
+    start, end = _copy_range(ctx.request.headers.get("x-amz-copy-source-range"), size)
+    table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
+    up = await open_upload(ctx, "UploadPartCopy")
+    plaintext = decrypt_range(ctx, Sealed(env, src_dek), table, total, start, end, etag, b"", vq, src_bucket, src_key)
+    try:
+        resp = await send_part(ctx, up.backend_id, pn, up.dek, up.object_id, end - start, plaintext)
+    finally:
+        up.dek[:] = bytes(len(up.dek))
+    if resp.status != 200:
+        return await backend_error(ctx, resp)
+    await resp.read()
+    resp.release()
+    hdrs = response_headers(resp.headers, ctx.request_id, drop=["etag", "content-type"])
+    sse_headers_for_upload(ctx, hdrs, up.wrapped)
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    body = copy_result_xml(resp.headers.get("ETag", ""), now, "CopyPartResult")
+    return web.Response(status=200, body=body, headers=hdrs, content_type="application/xml")
+
+
+async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, str]]) -> str:
+    """The source object's tags as an ``x-amz-tagging`` header value ('' if none)."""
+    from urllib.parse import quote
+
+    r = await ctx.state.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
+    body = await read_at_most(r, 1 << 16)
+    r.release()
+    if r.status != 200:
+        return ""
+    pairs = re.findall(rb"<Tag>\s*<Key>(.*?)</Key>\s*<Value>(.*?)</Value>\s*</Tag>", body, re.S)
+    return "&".join(
+        f"{quote(xmlsafe.text(k.decode()), safe='')}={quote(xmlsafe.text(v.decode()), safe='')}" for k, v in pairs
+    )
+
+
+async def copy_multipart(
+    ctx: Ctx,
+    src_bucket: str,
+    src_key: str,
+    vq: list[tuple[str, str]],
+    src_headers: object,
+    env: Envelope,
+    new_env: Envelope,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Server-side copy of a K-layout object, part by part (keeps sizes exact).
+
+    Part 1 is copied first: a backend without UploadPartCopy (rclone serve s3 answers 200 and
+    stores an empty part; others a 4xx or 501) makes the copy fall back to decrypting and
+    re-encrypting each part through the proxy, with the same part boundaries. Failures are
+    4xx, 501 or 503, never 500: clients retry a 500."""
+    from multidict import CIMultiDictProxy
+
+    assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
+    etag = src_headers.get("ETag", "")
+    total = backend_length(src_headers)
+    table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
+    backend = ctx.state.backend
+    create_headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-copy-source-if-")}
+    if ctx.request.headers.get("x-amz-tagging-directive", "COPY").upper() == "COPY":
+        # A new upload starts untagged; S3's CopyObject keeps the source's tags by default.
+        create_headers.pop("x-amz-tagging", None)
+        tags = await _source_tagging(ctx, src_bucket, src_key, vq)
+        if tags:
+            create_headers["x-amz-tagging"] = tags
+
+    async def create_upload() -> str | web.StreamResponse:
+        resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
+        if resp.status != 200:
+            return await backend_error(ctx, resp)
+        m = UPLOAD_ID.search(await read_at_most(resp, 1 << 20))
+        resp.release()
+        if m is None:
+            raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
+        return xmlsafe.text(m.group(1).decode())
+
+    async def abort_upload(upload_id: str) -> None:
+        try:
+            r2 = await backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", upload_id)])
+            r2.release()
+        except Exception:  # noqa: BLE001 - best effort; the original error is what the client sees
+            log.warning("copy_abort_failed", bucket=ctx.bucket)
+
+    created = await create_upload()
+    if not isinstance(created, str):
+        return created
+    upload_id = created
+    source = backend.copy_source(src_bucket, src_key, vq[0][1] if vq else None)
+    sem = asyncio.Semaphore(8)
+
+    async def copy_part(i: int, off: int, c: int) -> str | None:
+        """The part's ETag, or None when the backend has no (working) UploadPartCopy."""
+        async with sem:
+            r = await backend.request(
+                "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(i)), ("uploadId", upload_id)],
+                headers={"x-amz-copy-source": source, "x-amz-copy-source-range": f"bytes={off}-{off + c - 1}",
+                         "x-amz-copy-source-if-match": etag},
+            )
+            data = await read_at_most(r, 1 << 16)
+            r.release()
+            em = re.search(rb"<ETag>([^<]*)</ETag>", data)
+            if r.status == 200 and em is not None:
+                return xmlsafe.text(em.group(1).decode())
+            if r.status == 412:
+                raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
+            if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
+                return None
+            raise S3Error("ServiceUnavailable", f"server-side copy of part {i} failed ({r.status})", 503)
+
+    try:
+        first = await copy_part(1, *table[0])
+        if first is None:
+            await abort_upload(upload_id)
+            upload_id = ""
+            fallback = await create_upload()
+            if not isinstance(fallback, str):
+                return fallback
+            upload_id = fallback
+            log.info("copy_reencrypt_fallback", bucket=ctx.bucket, parts=len(table))
+            etags = await _reencrypt_parts(ctx, src_bucket, src_key, vq, env, etag, total, table, upload_id)
+        else:
+            rest = await asyncio.gather(*(copy_part(i + 1, off, c) for i, (off, c) in enumerate(table) if i > 0))
+            if any(e is None for e in rest):
+                raise S3Error("ServiceUnavailable", "server-side copy of a part failed", 503)
+            etags = [first, *(e for e in rest if e is not None)]
+        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>" for i, e in enumerate(etags))
+        xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+        r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml)
+        data = await read_at_most(r, 1 << 20)
+        r.release()
+        em = re.search(rb"<ETag>([^<]*)</ETag>", data)
+        if r.status != 200 or em is None:
+            raise S3Error("ServiceUnavailable", f"completing the copy failed ({r.status})", 503)
+    except BaseException:
+        if upload_id:
+            await abort_upload(upload_id)
+        raise
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    hdrs = CIMultiDict({"x-amz-request-id": ctx.request_id})
+    if "x-amz-version-id" in r.headers:
+        hdrs["x-amz-version-id"] = r.headers["x-amz-version-id"]
+    hdrs.update(sse.response_headers(ctx, new_env))
+    return web.Response(
+        status=200, body=copy_result_xml(xmlsafe.text(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
+    )
+
+
+async def _reencrypt_parts(
+    ctx: Ctx, src_bucket: str, src_key: str, vq: list[tuple[str, str]], env: Envelope, etag: str, total: int,
+    table: list[tuple[int, int]], upload_id: str,
+) -> list[str]:
+    """Copy a K object's parts through the proxy: decrypt each source part (authenticated) and
+    encrypt it again as the same-numbered part of ``upload_id``, streaming (bounded memory).
+    Same DEK and object id as the source (``rebind`` keeps both), same part sizes."""
+    dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
+    sealed = Sealed(env, dek)
+    sem = asyncio.Semaphore(4)
+    spans, p_off = [], 0
+    for _, c in table:
+        spans.append((p_off, c - sizes.K_PART_OVERHEAD))
+        p_off += c - sizes.K_PART_OVERHEAD
+
+    async def one(pn: int, start: int, p: int) -> str:
+        async with sem:
+            plaintext = decrypt_range(ctx, sealed, table, total, start, start + p, etag, b"", vq, src_bucket, src_key)
+            try:
+                r = await send_part(ctx, upload_id, pn, dek, env.object_id, p, plaintext, headers={})
+            except aiohttp.ClientError as e:
+                raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+            await r.read()
+            r.release()
+            e_tag = r.headers.get("ETag")
+            if r.status != 200 or not e_tag:
+                if r.status >= 500 and r.status != 501:
+                    raise S3Error("ServiceUnavailable", f"uploading part {pn} of the copy failed ({r.status})", 503)
+                raise S3Error("NotImplemented", "The storage backend supports neither UploadPartCopy nor this copy.", 501)
+            ctx.state.metrics.encrypted.inc(p)
+            return e_tag
+
+    try:
+        return list(await asyncio.gather(*(one(i + 1, s, p) for i, (s, p) in enumerate(spans))))
+    finally:
+        dek[:] = bytes(len(dek))
