@@ -219,7 +219,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return bulkjob.run_job(job)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m s3proxy.export ...` before cli.py wires it
+if __name__ == "__main__":  # pragma: no cover - `python -m s3proxy.export ...` before the cli wires it
     parser = argparse.ArgumentParser(prog="s3proxy")
     add_parser(parser.add_subparsers(dest="command", required=True))
     ns = parser.parse_args(["export", *sys.argv[1:]])

@@ -1,15 +1,16 @@
-"""A small embedded S3-compatible storage server keeping its data on disk.
+"""devstore: a small S3-compatible storage server keeping its data on disk.
 
-Used by s3proxy's "embedded default" mode as a local backend, and runnable
-by hand::
+It is the suite's AWS-strict test backend (``S3PROXY_TEST_BACKEND=strict``, the default) and the
+store behind ``make dev`` / ``s3proxy dev``, and runnable by hand::
 
     python -m s3proxy.devstore --root DIR --listen 127.0.0.1:9000 --access-key AK --secret-key SK
 
-See :mod:`s3proxy.devstore.server` for what is supported and
+See :mod:`s3proxy.devstore.server` for what is supported and the module map, and
 :mod:`s3proxy.devstore.store` for the on-disk layout.
 
-A separate program: it imports only the protocol layer (``s3proxy.aws``), ``config`` and
-``observability``; nothing of the proxy imports it but ``cli`` (for ``s3proxy dev``).
+A separate program, not part of the proxy: it may import only the protocol layer (``s3proxy.aws``),
+``config``, ``observability`` and ``tlsutil``; the proxy never imports it — only ``cli`` does (for
+``s3proxy dev``), as tests/unit/test_import_graph.py checks.
 """
 
 from s3proxy.devstore.server import DEVSTORE_KEY, DevStoreServer, build_devstore_app, start_devstore

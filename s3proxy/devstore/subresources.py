@@ -15,8 +15,8 @@ from xml.etree import ElementTree as ET
 from s3proxy.aws import xmlsafe
 from s3proxy.aws.errors import S3Error as ProxyS3Error
 from s3proxy.devstore.errors import S3Error, invalid_argument, malformed_xml
+from s3proxy.devstore.records import ObjectInfo
 from s3proxy.devstore.render import document, el, iso, owner
-from s3proxy.devstore.store import ObjectInfo
 
 # Bucket configurations kept as sent (PUT, GET, DELETE ?<name>): the document's root element,
 # or None for the bucket policy (JSON).

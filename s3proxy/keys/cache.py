@@ -30,6 +30,7 @@ Both sides
 Counters are plain attributes (``cache.stats["encrypt"].hits``, ``cache.hits``)
 and, when a ``prometheus_client.CollectorRegistry`` is given, Prometheus
 metrics registered in it.
+(Entries, statistics, metrics and the single-flight record: :mod:`s3proxy.keys.cache_parts`.)
 """
 
 from __future__ import annotations
@@ -38,128 +39,34 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
 from .base import (
     DataKey,
-    InvalidWrappedKey,
-    KeyDisabled,
-    KeyNotFound,
     KeyServiceError,
     KeyUnavailable,
     WrappedKey,
-    check_context,
     zeroize,
+)
+from .cache_parts import (
+    PERMANENT_ERRORS,
+    CacheMetrics,
+    CacheStats,
+    CacheStatus,
+    Flight,
+    Negative,
+    ReadEntry,
+    Side,
+    WriteEntry,
+    context_key,
 )
 from .settings import CacheSettings
 
 T = TypeVar("T")
-Side = Literal["encrypt", "decrypt"]
 
-
-def _context_key(context: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """The encryption context as a cache key: its sorted pairs, which identify it exactly as its
-    canonical JSON does, without encoding JSON on every request."""
-    pairs = tuple(sorted(context.items()))
-    if not all(type(k) is str and type(v) is str for k, v in pairs):
-        check_context(context)  # raises the TypeError the canonical form raises
-    return pairs
-# "hit": served from cache (including requests that joined another request's
-# backend call), "miss": this request made the backend call, "stale": served
-# past its TTL during a backend outage (offline grace), "off": no cache.
-CacheStatus = Literal["hit", "miss", "stale", "off"]
-
-PERMANENT_ERRORS: tuple[type[KeyServiceError], ...] = (InvalidWrappedKey, KeyNotFound, KeyDisabled)
-
-
-@dataclass
-class CacheStats:
-    hits: int = 0
-    misses: int = 0
-    evictions: int = 0
-    backend_calls: int = 0
-    coalesced: int = 0  # hits that waited for another request's backend call
-    negative_hits: int = 0
-    stale_hits: int = 0
-
-
-class _Flight(Generic[T]):
-    """One backend call shared by every request that missed the same key.
-
-    Requesters copy the result as soon as they resume; the last one out
-    (or the task itself, if nobody waits any more) zeroes the original.
-    """
-
-    def __init__(self, task: asyncio.Task[T], zero: Callable[[T], None]):
-        self.task = task
-        self.waiters = 0
-        self._zero = zero
-        self._zeroed = False
-
-    def maybe_zero(self) -> None:
-        if self._zeroed or self.waiters or not self.task.done() or self.task.cancelled():
-            return
-        if self.task.exception() is None:  # also marks the exception retrieved
-            self._zero(self.task.result())
-        self._zeroed = True
-
-
-@dataclass
-class _WriteEntry:
-    data_key: DataKey
-    created: float
-    uses: int = 0
-    bytes_used: int = 0
-
-
-@dataclass
-class _ReadEntry:
-    dek: bytearray
-    created: float
-
-
-@dataclass
-class _Negative:
-    error: type[KeyServiceError]
-    message: str
-    expires: float
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry):
-        self.hits = Counter(
-            "s3proxy_key_cache_hits", "Data-key cache hits", ["side"], registry=registry
-        )
-        self.misses = Counter(
-            "s3proxy_key_cache_misses", "Data-key cache misses", ["side"], registry=registry
-        )
-        self.evictions = Counter(
-            "s3proxy_key_cache_evictions", "Data-key cache evictions", ["side", "reason"], registry=registry
-        )
-        self.backend_calls = Counter(
-            "s3proxy_key_cache_backend_calls",
-            "Key-backend calls made by the data-key cache",
-            ["side"],
-            registry=registry,
-        )
-        self.negative_hits = Counter(
-            "s3proxy_key_cache_negative_hits",
-            "Requests failed from the negative cache",
-            ["side"],
-            registry=registry,
-        )
-        self.stale_hits = Counter(
-            "s3proxy_key_cache_stale_hits",
-            "Decrypt-side entries served past their TTL during a backend outage",
-            registry=registry,
-        )
-        # Each worker has its own cache: with --workers, the sum over the live ones.
-        self.entries = Gauge(
-            "s3proxy_key_cache_entries", "Cached data keys", ["side"], registry=registry, multiprocess_mode="livesum"
-        )
+__all__ = ["PERMANENT_ERRORS", "CacheStats", "CacheStatus", "DataKeyCache"]
 
 
 class DataKeyCache:
@@ -192,19 +99,19 @@ class DataKeyCache:
         self.offline_grace = offline_grace
         self.sweep_interval = sweep_interval
         self._clock = clock
-        self._write: OrderedDict[Hashable, _WriteEntry] = OrderedDict()
-        self._read: OrderedDict[Hashable, _ReadEntry] = OrderedDict()
-        self._negative: dict[Side, OrderedDict[Hashable, _Negative]] = {
+        self._write: OrderedDict[Hashable, WriteEntry] = OrderedDict()
+        self._read: OrderedDict[Hashable, ReadEntry] = OrderedDict()
+        self._negative: dict[Side, OrderedDict[Hashable, Negative]] = {
             "encrypt": OrderedDict(),
             "decrypt": OrderedDict(),
         }
-        self._write_inflight: dict[Hashable, _Flight[DataKey]] = {}
-        self._read_inflight: dict[Hashable, _Flight[bytearray]] = {}
+        self._write_inflight: dict[Hashable, Flight[DataKey]] = {}
+        self._read_inflight: dict[Hashable, Flight[bytearray]] = {}
         self._last_sweep = clock()
         # backend name -> until when stale entries are served without asking it
         self._down_until: dict[str, float] = {}
         self.stats: dict[Side, CacheStats] = {"encrypt": CacheStats(), "decrypt": CacheStats()}
-        self._metrics = _Metrics(registry) if registry is not None else None
+        self._metrics = CacheMetrics(registry) if registry is not None else None
         self._children: dict[tuple[str, str], Any] = {}  # labelled metric children, by (counter, side)
 
     @classmethod
@@ -291,10 +198,10 @@ class DataKeyCache:
                 self._metrics.evictions.labels("decrypt", reason).inc()
             self._gauge()
 
-    def _write_expired(self, entry: _WriteEntry, now: float) -> bool:
+    def _write_expired(self, entry: WriteEntry, now: float) -> bool:
         return now - entry.created >= self.encrypt_ttl
 
-    def _read_dead(self, entry: _ReadEntry, now: float) -> bool:
+    def _read_dead(self, entry: ReadEntry, now: float) -> bool:
         return now - entry.created >= self.decrypt_ttl + self.offline_grace
 
     def sweep(self) -> None:
@@ -338,7 +245,7 @@ class DataKeyCache:
         if self.negative_ttl <= 0:
             return
         negatives = self._negative[side]
-        negatives[key] = _Negative(type(exc), str(exc), self._clock() + self.negative_ttl)
+        negatives[key] = Negative(type(exc), str(exc), self._clock() + self.negative_ttl)
         negatives.move_to_end(key)
         capacity = self.decrypt_capacity if side == "decrypt" else self.encrypt_capacity
         while len(negatives) > capacity:
@@ -348,12 +255,12 @@ class DataKeyCache:
 
     @staticmethod
     def _start(
-        inflight: dict[Hashable, _Flight[T]],
+        inflight: dict[Hashable, Flight[T]],
         key: Hashable,
         coro: Coroutine[Any, Any, T],
         zero: Callable[[T], None],
-    ) -> _Flight[T]:
-        flight = _Flight(asyncio.ensure_future(coro), zero)
+    ) -> Flight[T]:
+        flight = Flight(asyncio.ensure_future(coro), zero)
         inflight[key] = flight
 
         def done(t: asyncio.Task[T]) -> None:
@@ -366,7 +273,7 @@ class DataKeyCache:
 
     # -- encrypt side ---------------------------------------------------------
 
-    def _take(self, entry: _WriteEntry, key: Hashable, nbytes: int) -> DataKey | None:
+    def _take(self, entry: WriteEntry, key: Hashable, nbytes: int) -> DataKey | None:
         """Count one use of ``entry`` for ``nbytes`` if every limit allows it."""
         now = self._clock()
         if self._write_expired(entry, now):
@@ -401,7 +308,7 @@ class DataKeyCache:
         if self.encrypt_ttl <= 0:
             return data_key
         self._evict_write(key, "replaced")
-        self._write[key] = _WriteEntry(
+        self._write[key] = WriteEntry(
             data_key=DataKey(plaintext=bytearray(data_key.plaintext), wrapped=data_key.wrapped),
             created=self._clock(),
             uses=1,
@@ -433,7 +340,7 @@ class DataKeyCache:
             return await load(), "off"
         self._maybe_sweep()
         nbytes = self.unknown_object_bytes if object_bytes is None else max(0, object_bytes)
-        key = (backend, key_id, _context_key(context))
+        key = (backend, key_id, context_key(context))
         self._check_negative("encrypt", key)
         if nbytes > self.encrypt_max_bytes:
             # Larger than a whole entry's budget: its own key, never shared.
@@ -500,7 +407,7 @@ class DataKeyCache:
         self._down_until.pop(backend, None)
         if self.decrypt_ttl > 0:
             self._evict_read(key, "replaced")
-            self._read[key] = _ReadEntry(dek=bytearray(dek), created=self._clock())
+            self._read[key] = ReadEntry(dek=bytearray(dek), created=self._clock())
             while len(self._read) > self.decrypt_capacity:
                 self._evict_read(next(iter(self._read)), "capacity")
             self._gauge()
@@ -517,7 +424,7 @@ class DataKeyCache:
             self._count("decrypt", "backend_calls")
             return await load(), "off"
         self._maybe_sweep()
-        key = (wrapped.backend, wrapped.key_id, wrapped.algorithm, wrapped.blob, _context_key(context))
+        key = (wrapped.backend, wrapped.key_id, wrapped.algorithm, wrapped.blob, context_key(context))
         self._check_negative("decrypt", key)
         entry = self._read.get(key)
         if entry is not None:

@@ -36,20 +36,15 @@ opened lazily on first use and rebuilt after ``fork()``.  python-pkcs11 calls
 ``C_Initialize(NULL)``, which by the spec promises the module no concurrent
 calls (SoftHSM2 then turns its locks off), so unless
 ``module_thread_safe`` is set, calls into the module are serialised.
+(:mod:`s3proxy.keys.pkcs11_session` does the threads and sessions; this module the wrapping.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hmac as std_hmac
 import os
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -67,16 +62,14 @@ from .base import (
     KeyConfigError,
     KeyNotFound,
     KeyServiceError,
-    KeyUnavailable,
     WrappedKey,
     check_context,
     context_mac,
     wrap_aad,
     zeroize,
 )
+from .pkcs11_session import BAD_BLOB_ERRORS, UNSUPPORTED_ERRORS, Session, SessionPool
 from .settings import Pkcs11Settings
-
-T = TypeVar("T")
 
 GCM_ALGORITHM = "AES256-GCM"
 GCM_IV_BYTES = 12
@@ -92,56 +85,6 @@ _OAEP = {
     "SHA1": (Mechanism.SHA_1, MGF.SHA1, hashes.SHA1),
 }
 
-# Errors after which the session (or the login) is not usable any more.
-_SESSION_ERRORS = (
-    p11e.SessionHandleInvalid,
-    p11e.SessionClosed,
-    p11e.UserNotLoggedIn,
-    p11e.KeyHandleInvalid,
-    p11e.ObjectHandleInvalid,
-)
-_UNAVAILABLE_ERRORS = (
-    *_SESSION_ERRORS,
-    p11e.NoSuchToken,
-    p11e.TokenNotPresent,
-    p11e.TokenNotRecognised,
-    p11e.DeviceRemoved,
-    p11e.DeviceError,
-    p11e.DeviceMemory,
-    p11e.SessionCount,
-    p11e.HostMemory,
-    p11e.FunctionFailed,
-    p11e.SlotIDInvalid,
-)
-_ACCESS_ERRORS = (
-    p11e.PinIncorrect,
-    p11e.PinInvalid,
-    p11e.PinExpired,
-    p11e.PinLocked,
-    p11e.PinLenRange,
-    p11e.UserPinNotInitialized,
-    p11e.AnotherUserAlreadyLoggedIn,
-)
-# Errors of C_Decrypt / C_UnwrapKey that mean "this blob does not unwrap".
-# SoftHSM2 reports a GCM tag mismatch and a bad KWP integrity check as
-# CKR_GENERAL_ERROR.
-_BAD_BLOB_ERRORS = (
-    p11e.EncryptedDataInvalid,
-    p11e.EncryptedDataLenRange,
-    p11e.WrappedKeyInvalid,
-    p11e.WrappedKeyLenRange,
-    p11e.DataInvalid,
-    p11e.DataLenRange,
-    p11e.GeneralError,
-)
-_UNSUPPORTED_ERRORS = (
-    p11e.MechanismInvalid,
-    p11e.MechanismParamInvalid,
-    p11e.ArgumentsBad,
-    p11e.FunctionNotSupported,
-)
-
-
 def gcm_encrypt(key: Any, plaintext: bytes, iv: bytes, aad: bytes) -> tuple[bytes, bytes]:
     """``C_Encrypt(CKM_AES_GCM)``; returns ``(iv actually used, ciphertext || tag)``.
 
@@ -154,18 +97,6 @@ def gcm_encrypt(key: Any, plaintext: bytes, iv: bytes, aad: bytes) -> tuple[byte
     sealed = key.encrypt(plaintext, mechanism=Mechanism.AES_GCM, mechanism_param=params)
     used_iv = bytes(bytearray(params.nonce))  # copy the buffer as the HSM left it
     return used_iv, bytes(sealed)
-
-
-def _map_error(exc: p11e.PKCS11Error) -> KeyServiceError:
-    """A PKCS#11 error outside wrap/unwrap as a KeyServiceError (messages name the error class only)."""
-    name = type(exc).__name__
-    if isinstance(exc, _UNAVAILABLE_ERRORS):
-        return KeyUnavailable(f"PKCS#11 token unavailable: {name}")
-    if isinstance(exc, _ACCESS_ERRORS):
-        return KeyAccessDenied(f"PKCS#11 login refused: {name}")
-    if isinstance(exc, _UNSUPPORTED_ERRORS):
-        return KeyServiceError(f"PKCS#11 mechanism or parameters not supported by the token: {name}")
-    return KeyServiceError(f"PKCS#11 error: {name}")
 
 
 def _alg_kwp(mech_id: int) -> str:
@@ -185,40 +116,18 @@ def _parse_kwp(algorithm: str) -> Mechanism:
         raise InvalidWrappedKey(f"unsupported pkcs11 wrap algorithm {algorithm!r}") from None
 
 
-@dataclass
-class _Session:
-    handle: Any  # pkcs11.Session
-    generation: int
-    keys: dict[tuple[str, ObjectClass], Any] = field(default_factory=dict)
-
-
-class Pkcs11Backend(KeyBackend):
+class Pkcs11Backend(SessionPool, KeyBackend):
     name = "pkcs11"
 
     def __init__(self, settings: Pkcs11Settings, *, lib_loader: Callable[[str], Any] = pkcs11.lib):
-        self._settings = settings
-        self._lib_loader = lib_loader
+        super().__init__(settings, lib_loader)
         self.default_key_id: str | None = settings.key_label
         if settings.mechanism == "aes-kwp" and settings.kwp_mechanism_id not in KWP_MECHANISM_IDS:
             raise KeyConfigError(
                 f"keys.pkcs11.kwp_mechanism_id 0x{settings.kwp_mechanism_id:X} is not an AES key "
                 "wrap with padding mechanism (0x210A, 0x210B or 0x1091)"
             )
-        self._pin = settings.pin.get_secret_value() if settings.pin is not None else None
-        self._call_lock: AbstractContextManager[Any] = (
-            nullcontext() if settings.module_thread_safe else threading.Lock()
-        )
-        self._state = threading.Lock()  # guards the fields below
-        self._pid = os.getpid()
-        self._executor: ThreadPoolExecutor | None = None
-        self._lib: Any = None
-        self._token: Any = None
-        self._anchor: Any = None  # logged-in session that only holds the login
-        self._idle: list[_Session] = []
-        self._generation = 0
-        self._closed = False
         self._public_keys: dict[str, rsa.RSAPublicKey] = {}
-        self.sessions_opened = 0  # for tests and metrics
 
     @classmethod
     def from_settings(cls, settings: Pkcs11Settings) -> Pkcs11Backend:
@@ -233,136 +142,9 @@ class Pkcs11Backend(KeyBackend):
             return _alg_kwp(s.kwp_mechanism_id)
         return RSA_PREFIX + s.oaep_hash.upper()
 
-    # -- threads, sessions, fork ---------------------------------------------
-
-    def _check_process(self) -> None:
-        """After fork(): forget the parent's sessions and threads (never close them here)."""
-        pid = os.getpid()
-        if pid == self._pid:
-            return
-        with self._state:
-            if pid == self._pid:
-                return
-            self._pid = pid
-            self._executor = None
-            self._idle = []
-            self._anchor = None
-            self._token = None
-            self._generation += 1
-            if self._lib is not None:
-                with contextlib.suppress(p11e.PKCS11Error):
-                    self._lib.reinitialize()  # C_Initialize again in the child
-                self._lib = None
-
-    def _get_executor(self) -> ThreadPoolExecutor:
-        with self._state:
-            if self._closed:
-                raise KeyUnavailable("the pkcs11 backend is closed")
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._settings.sessions, thread_name_prefix="s3proxy-pkcs11"
-                )
-            return self._executor
-
-    async def _run(self, fn: Callable[[_Session], T]) -> T:
-        self._check_process()
-        executor = self._get_executor()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, self._in_thread, fn)
-
-    def _in_thread(self, fn: Callable[[_Session], T]) -> T:
-        for attempt in range(2):
-            with self._call_lock:
-                try:
-                    session = self._acquire()
-                except KeyServiceError:
-                    raise
-                except p11e.PKCS11Error as exc:
-                    raise _map_error(exc) from None
-                try:
-                    result = fn(session)
-                except _SESSION_ERRORS as exc:
-                    # The HSM dropped the session or the login (restart,
-                    # failover): rebuild everything, log in again, retry once.
-                    self._discard(session)
-                    if attempt == 0:
-                        continue
-                    raise KeyUnavailable(f"PKCS#11 session lost: {type(exc).__name__}") from None
-                except _UNAVAILABLE_ERRORS as exc:
-                    self._discard(session)
-                    raise _map_error(exc) from None
-                except p11e.PKCS11Error as exc:
-                    self._release(session)
-                    raise _map_error(exc) from None
-                except BaseException:
-                    self._release(session)
-                    raise
-                self._release(session)
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _open_token(self) -> Any:
-        s = self._settings
-        if self._lib is None:
-            try:
-                self._lib = self._lib_loader(s.module)
-            except p11e.PKCS11Error as exc:
-                raise KeyUnavailable(f"cannot load PKCS#11 module {s.module!r}: {exc}") from None
-        if self._token is None:
-            try:
-                self._token = self._lib.get_token(token_label=s.token_label)
-            except p11e.NoSuchToken:
-                raise KeyUnavailable(f"PKCS#11 token {s.token_label!r} not present") from None
-            except p11e.MultipleTokensReturned:
-                raise KeyServiceError(f"several PKCS#11 tokens labelled {s.token_label!r}") from None
-        if self._anchor is None and self._pin is not None:
-            try:
-                self._anchor = self._token.open(user_pin=self._pin)
-                self.sessions_opened += 1
-            except p11e.UserAlreadyLoggedIn:
-                self._anchor = None  # another user of the module logged in for us
-        return self._token
-
-    def _acquire(self) -> _Session:
-        with self._state:
-            while self._idle:
-                session = self._idle.pop()
-                if session.generation == self._generation:
-                    return session
-                self._close_quietly(session.handle)
-            token = self._open_token()
-            handle = token.open()
-            self.sessions_opened += 1
-            session = _Session(handle=handle, generation=self._generation)
-            return session
-
-    def _release(self, session: _Session) -> None:
-        with self._state:
-            if session.generation == self._generation and not self._closed:
-                self._idle.append(session)
-            else:
-                self._close_quietly(session.handle)
-
-    def _discard(self, session: _Session) -> None:
-        """Drop ``session`` and start a new generation: every session and the login are rebuilt."""
-        with self._state:
-            self._close_quietly(session.handle)
-            if session.generation != self._generation:
-                return  # another thread already started over
-            self._generation += 1  # idle sessions are closed as they are taken, busy ones when released
-            if self._anchor is not None:
-                self._close_quietly(self._anchor)
-                self._anchor = None
-            self._token = None  # look the token up again: a re-initialised HSM may move slots
-
-    @staticmethod
-    def _close_quietly(handle: Any) -> None:
-        with contextlib.suppress(p11e.PKCS11Error):
-            handle.close()
-
     # -- keys -----------------------------------------------------------------
 
-    def _find(self, session: _Session, label: str, object_class: ObjectClass) -> Any:
+    def _find(self, session: Session, label: str, object_class: ObjectClass) -> Any:
         cached = session.keys.get((label, object_class))
         if cached is not None:
             return cached
@@ -384,7 +166,7 @@ class Pkcs11Backend(KeyBackend):
         session.keys[(label, object_class)] = key
         return key
 
-    def _random(self, session: _Session, n: int) -> bytes:
+    def _random(self, session: Session, n: int) -> bytes:
         if self._settings.random_source == "token":
             out = bytes(session.handle.generate_random(n * 8))
             if len(out) != n:
@@ -397,7 +179,7 @@ class Pkcs11Backend(KeyBackend):
         if cached is not None:
             return cached
 
-        def read(session: _Session) -> tuple[bytes, bytes]:
+        def read(session: Session) -> tuple[bytes, bytes]:
             key = self._find(session, label, ObjectClass.PUBLIC_KEY)
             return bytes(key[Attribute.MODULUS]), bytes(key[Attribute.PUBLIC_EXPONENT])
 
@@ -439,7 +221,7 @@ class Pkcs11Backend(KeyBackend):
             blob = sealed + context_mac(dek, sealed, aad)
         elif mechanism == "aes-gcm":
 
-            def gcm(session: _Session) -> bytes:
+            def gcm(session: Session) -> bytes:
                 kek = self._find(session, key_id, ObjectClass.SECRET_KEY)
                 iv = self._random(session, GCM_IV_BYTES)
                 used_iv, sealed = gcm_encrypt(kek, bytes(dek), iv, aad)
@@ -451,7 +233,7 @@ class Pkcs11Backend(KeyBackend):
         else:
             kwp = Mechanism(self._settings.kwp_mechanism_id)
 
-            def kwp_wrap(session: _Session) -> bytes:
+            def kwp_wrap(session: Session) -> bytes:
                 kek = self._find(session, key_id, ObjectClass.SECRET_KEY)
                 temp = session.handle.create_object(
                     {
@@ -490,12 +272,12 @@ class Pkcs11Backend(KeyBackend):
         if len(blob) != GCM_IV_BYTES + DEK_BYTES + GCM_TAG_BITS // 8:
             raise InvalidWrappedKey("wrapped data key has the wrong length")
 
-        def gcm(session: _Session) -> bytearray:
+        def gcm(session: Session) -> bytearray:
             kek = self._find(session, label, ObjectClass.SECRET_KEY)
             params = pkcs11.GCMParams(blob[:GCM_IV_BYTES], aad, GCM_TAG_BITS)
             try:
                 return bytearray(kek.decrypt(blob[GCM_IV_BYTES:], mechanism=Mechanism.AES_GCM, mechanism_param=params))
-            except _BAD_BLOB_ERRORS:
+            except BAD_BLOB_ERRORS:
                 raise InvalidWrappedKey(
                     "wrapped data key does not authenticate (tampered, wrong key or wrong context)"
                 ) from None
@@ -512,7 +294,7 @@ class Pkcs11Backend(KeyBackend):
             raise InvalidWrappedKey("wrapped data key is too short")
         sealed, tag = blob[:-CONTEXT_MAC_BYTES], blob[-CONTEXT_MAC_BYTES:]
 
-        def kwp_unwrap(session: _Session) -> bytearray:
+        def kwp_unwrap(session: Session) -> bytearray:
             kek = self._find(session, label, ObjectClass.SECRET_KEY)
             try:
                 temp = kek.unwrap_key(
@@ -523,7 +305,7 @@ class Pkcs11Backend(KeyBackend):
                     store=False,
                     template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
                 )
-            except _BAD_BLOB_ERRORS:
+            except BAD_BLOB_ERRORS:
                 raise InvalidWrappedKey("wrapped data key does not unwrap (tampered or wrong key)") from None
             try:
                 return bytearray(temp[Attribute.VALUE])
@@ -544,7 +326,7 @@ class Pkcs11Backend(KeyBackend):
             raise InvalidWrappedKey("wrapped data key is too short")
         sealed, tag = blob[:-CONTEXT_MAC_BYTES], blob[-CONTEXT_MAC_BYTES:]
 
-        def rsa_decrypt(session: _Session) -> bytearray:
+        def rsa_decrypt(session: Session) -> bytearray:
             try:
                 private = self._find(session, label, ObjectClass.PRIVATE_KEY)
             except KeyNotFound:
@@ -557,12 +339,12 @@ class Pkcs11Backend(KeyBackend):
                 return bytearray(
                     private.decrypt(sealed, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(hash_mech, mgf, None))
                 )
-            except _UNSUPPORTED_ERRORS as exc:
+            except UNSUPPORTED_ERRORS as exc:
                 raise KeyServiceError(
                     f"the PKCS#11 token rejected {algorithm} ({type(exc).__name__}); "
                     "SoftHSM2 2.6 implements RSA-OAEP with SHA-1 only"
                 ) from None
-            except _BAD_BLOB_ERRORS:
+            except BAD_BLOB_ERRORS:
                 raise InvalidWrappedKey("wrapped data key does not decrypt (tampered or wrong key)") from None
 
         return self._verify_mac(await self._run(rsa_decrypt), sealed, tag, aad)
@@ -610,27 +392,5 @@ class Pkcs11Backend(KeyBackend):
             await self._run(lambda s: self._find(s, label, ObjectClass.SECRET_KEY))
 
     async def close(self) -> None:
-        self._check_process()
-        with self._state:
-            if self._closed:
-                return
-            executor = self._executor
-        if executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, self._close_sessions)
-        with self._state:
-            self._closed = True
-            self._executor = None
-        if executor is not None:
-            executor.shutdown(wait=False)
+        await self._shutdown()
         self._public_keys.clear()
-
-    def _close_sessions(self) -> None:
-        with self._call_lock, self._state:
-            self._generation += 1
-            for session in self._idle:
-                self._close_quietly(session.handle)
-            self._idle = []
-            if self._anchor is not None:
-                self._close_quietly(self._anchor)  # logs out: close it last
-                self._anchor = None
-            self._token = None

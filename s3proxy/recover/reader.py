@@ -1,0 +1,309 @@
+"""``s3proxy decrypt``'s object reader: one stored object, its envelope authenticated, its body
+fetched in bounded pieces and decrypted through the proxy's readers (``s3proxy.crypto``); whole
+objects, ranges, K-object part tables, completeness manifests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from s3proxy.backend.client import BackendClient
+from s3proxy.crypto import sizes
+from s3proxy.crypto.envelope import Envelope, decode_metadata, open_seal, verify_binding
+from s3proxy.crypto.errors import FormatError, PartOrderError
+from s3proxy.crypto.format import KPartDecryptor, SDecryptor, SRangeDecryptor, parse_k_header
+from s3proxy.crypto.manifest import (
+    MANIFEST_PREFIX,
+    MAX_MANIFEST,
+    Manifest,
+    ManifestMismatch,
+    decode_manifest,
+    manifest_key,
+)
+from s3proxy.crypto.streams import KObjectDecryptor
+from s3proxy.keys.audit import AuditInfo
+from s3proxy.keys.base import KeyServiceError, zeroize
+
+META = "x-amz-meta-"
+
+READ_PIECE = 1 << 20
+
+HEADER_CONCURRENCY = 8
+
+_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
+
+Write = Callable[[bytes | bytearray | memoryview], Any]
+
+
+class RecoverError(Exception):
+    """One object could not be decrypted; the message says why (never key material)."""
+
+
+class SetupError(Exception):
+    """The run cannot start (exit status 2)."""
+
+
+def parse_range(text: str, size: int) -> tuple[int, int]:
+    """``A-B`` (inclusive), ``A-`` or ``-N`` as plaintext ``[start, end)`` of an object of ``size`` bytes."""
+    m = re.fullmatch(r"(\d*)-(\d*)", text.strip())
+    if not m or m.group() == "-":
+        raise SetupError(f"--range {text!r}: expected A-B, A- or -N")
+    a, b = m.groups()
+    if not a:
+        start, end = max(0, size - int(b)), size
+    else:
+        start, end = int(a), size if not b else min(int(b) + 1, size)
+        if b and int(b) < start:
+            raise SetupError(f"--range {text!r}: the end is before the start")
+    if start >= size:
+        raise RecoverError(f"range {text} is not satisfiable: the object has {size} bytes")
+    return start, end
+
+
+RESERVED_KEYS = MANIFEST_PREFIX.split("/", 1)[0] + "/"  # ".s3proxy/": manifests and upload records
+
+
+def parts_from_etag(etag: str) -> int | None:
+    m = _ETAG_PARTS.search(etag.strip())
+    return int(m.group(1)) if m else None
+
+
+@dataclass
+class Opened:
+    """A stored object whose envelope authenticated: what reading its body needs."""
+
+    key: str
+    env: Envelope
+    dek: bytearray = field(repr=False)
+    etag: str = ""
+    total: int = 0  # ciphertext bytes on the backend
+    parts: int | None = None  # "-N" of the ETag
+    last_modified: str = ""
+    manifest: Manifest | None = None  # the completeness manifest the sealed block promised
+
+    @property
+    def size(self) -> int | None:
+        """Plaintext size; None for a K object whose ETag has no ``-N`` (known after its headers)."""
+        if self.env.layout == "S":
+            return sizes.s_plaintext_size(self.total)
+        return None if self.parts is None else sizes.k_object_plaintext_size(self.total, self.parts)
+
+
+class Reader:
+    """Reads and decrypts objects of one bucket straight from the backend."""
+
+    def __init__(self, client: BackendClient, keys: Any, bucket: str, version_id: str | None = None) -> None:
+        self.client, self.keys, self.bucket = client, keys, bucket
+        self.query = [("versionId", version_id)] if version_id else []
+
+    async def _get(self, key: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        try:
+            return await self.client.request("GET", self.bucket, key, query=self.query, headers=headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RecoverError(f"backend unreachable: {type(exc).__name__}") from None
+
+    async def open(self, key: str) -> Opened:
+        """HEAD the object, unwrap its DEK, check the binding and the sealed block."""
+        try:
+            resp = await self.client.request("HEAD", self.bucket, key, query=self.query)
+            resp.release()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RecoverError(f"backend unreachable: {type(exc).__name__}") from None
+        if resp.status != 200:
+            raise RecoverError("no such object" if resp.status == 404 else f"HEAD failed: HTTP {resp.status}")
+        meta = {k[len(META):].lower(): v for k, v in resp.headers.items() if k.lower().startswith(META)}
+        env = decode_metadata(meta)
+        if env is None:
+            raise RecoverError("not an s3proxy object (no envelope): not copied")
+        if env.wrapped.backend == "sse-c":
+            raise RecoverError("an SSE-C object: its key is held by the client, decrypt cannot read it")
+        etag = resp.headers.get("ETag", "")
+        total = int(resp.headers.get("Content-Length", "-1"))
+        parts = parts_from_etag(etag)
+        if total < 0 or not etag or (env.layout == "S" and parts is not None):
+            raise RecoverError(f"layout {env.layout} does not match the backend ETag {etag!r}")
+        audit = AuditInfo("decrypt-" + os.urandom(6).hex(), "s3proxy-decrypt", "GetObject", self.bucket, key)
+        dek = await self.keys.data_key_for_read(env.wrapped, dict(env.context), audit)
+        try:
+            verify_binding(env, dek, self.bucket, key)
+            contents = open_seal(env, dek)
+            manifest = None
+            if env.layout == "K" and contents is not None and contents.manifest:
+                manifest = await self._manifest(env, dek, total, parts)
+        except BaseException:
+            zeroize(dek)
+            raise
+        return Opened(key, env, dek, etag, total, parts, resp.headers.get("Last-Modified", ""), manifest)
+
+    async def _manifest(self, env: Envelope, dek: bytearray, total: int, parts: int | None) -> Manifest:
+        """The object's completeness manifest (FORMAT.md 8), authenticated and checked against the
+        stored length and the ETag's part count; ``ManifestMismatch`` if missing or different."""
+        try:
+            resp = await self.client.request("GET", self.bucket, manifest_key(env.object_id))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise RecoverError(f"backend unreachable: {type(exc).__name__}") from None
+        try:
+            if resp.status >= 500:
+                raise RecoverError(f"GET of the object's manifest failed: HTTP {resp.status}")
+            data = await resp.content.read(MAX_MANIFEST + 1) if resp.status == 200 else b""
+        finally:
+            resp.release()
+        mf = decode_manifest(data, dek, env.object_id)
+        if mf.total + len(mf.parts) * sizes.K_PART_OVERHEAD != total or (parts is not None and parts != len(mf.parts)):
+            raise ManifestMismatch("the object's length or part count differs from its manifest")
+        return mf
+
+    async def _ciphertext(self, key: str, etag: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Stored bytes ``[start, end)`` pinned to ``etag``, in pieces of at most 1 MiB."""
+        if end <= start:
+            return
+        resp = await self._get(key, {"Range": f"bytes={start}-{end - 1}", "If-Match": etag})
+        try:
+            ranged = resp.status == 206 or (
+                resp.status == 200 and resp.headers.get("Content-Range", "").startswith(f"bytes {start}-{end - 1}/")
+            )
+            if resp.status == 412:
+                raise RecoverError("the object changed while it was being read (ETag differs)")
+            if not ranged:
+                raise RecoverError(f"ranged GET of bytes {start}-{end - 1} failed: HTTP {resp.status}")
+            async for piece in resp.content.iter_chunked(READ_PIECE):
+                yield piece
+        finally:
+            resp.release()
+
+    async def _fetch(self, key: str, etag: str, start: int, end: int) -> bytes:
+        data = b"".join([p async for p in self._ciphertext(key, etag, start, end)])
+        if len(data) != end - start:
+            raise RecoverError(f"short read at bytes {start}-{end - 1}")
+        return data
+
+    async def whole(self, obj: Opened, write: Write) -> int:
+        """Decrypt the whole object into ``write``; the number of plaintext bytes."""
+        if obj.env.layout == "S":
+            dec: SDecryptor | KObjectDecryptor = SDecryptor(obj.dek, obj.env.object_id, obj.total)
+        elif obj.manifest is not None:
+            dec = KObjectDecryptor(obj.dek, obj.env.object_id, len(obj.manifest.parts), obj.manifest.parts)
+        else:
+            dec = KObjectDecryptor(obj.dek, obj.env.object_id, obj.parts)
+        resp = await self._get(obj.key, {"If-Match": obj.etag})
+        written = 0
+        try:
+            if resp.status != 200:
+                changed = resp.status == 412
+                raise RecoverError("the object changed since its HEAD" if changed else f"GET failed: HTTP {resp.status}")
+            async for piece in resp.content.iter_chunked(READ_PIECE):
+                out = dec.update(piece)
+                for chunk in out if isinstance(out, list) else (out,):
+                    if chunk:
+                        write(chunk)
+                        written += len(chunk)
+        finally:
+            resp.release()
+        tail = dec.finalize()
+        if tail:
+            write(tail)
+            written += len(tail)
+        return written
+
+    async def part_table(self, obj: Opened) -> list[tuple[int, int, bytes]]:
+        """[(offset, stored length, 70-byte header)] of each part: a uniform-size guess checked
+        against the part headers, else a walk of the headers with small ranged GETs."""
+        H, OVH = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
+        first = await self._fetch(obj.key, obj.etag, 0, H)
+        c1 = parse_k_header(first).plaintext_length + OVH
+        n = obj.parts
+        table: list[tuple[int, int, bytes]] = []
+        if n is not None and n >= 1 and OVH <= obj.total - (n - 1) * c1 <= c1:
+            sem = asyncio.Semaphore(HEADER_CONCURRENCY)
+
+            async def header(off: int) -> bytes:
+                async with sem:
+                    return await self._fetch(obj.key, obj.etag, off, off + H)
+
+            offsets = [i * c1 for i in range(n)]
+            headers = [first, *await asyncio.gather(*(header(o) for o in offsets[1:]))]
+            guess = [(o, (offsets[i + 1] if i + 1 < n else obj.total) - o, h) for i, (o, h) in enumerate(zip(offsets, headers, strict=True))]
+            with contextlib.suppress(FormatError):
+                if all(parse_k_header(h).plaintext_length + OVH == c for _, c, h in guess):
+                    table = guess
+        if not table:
+            off = 0
+            while off < obj.total and len(table) < (n or sizes.MAX_PART_NUMBER):
+                h = first if off == 0 else await self._fetch(obj.key, obj.etag, off, off + H)
+                c = parse_k_header(h).plaintext_length + OVH
+                table.append((off, c, h))
+                off += c
+            if off != obj.total or (n is not None and len(table) != n):
+                raise RecoverError("the part headers do not add up to the object size")
+        numbers = [parse_k_header(h).part_number for _, _, h in table]
+        if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
+            raise PartOrderError("part numbers do not strictly increase")
+        if obj.manifest is not None:
+            obj.manifest.check_parts([(pn, c - OVH) for pn, (_, c, _) in zip(numbers, table, strict=True)])
+        return table
+
+    async def plaintext_size(self, obj: Opened) -> tuple[int, list[tuple[int, int, bytes]] | None]:
+        size = obj.size
+        if size is not None:
+            return size, None
+        table = await self.part_table(obj)
+        return obj.total - len(table) * sizes.K_PART_OVERHEAD, table
+
+    async def span(self, obj: Opened, start: int, end: int, write: Write) -> int:
+        """Decrypt plaintext ``[start, end)``, fetching only the chunks it needs."""
+        if obj.env.layout == "S":
+            p = sizes.s_plaintext_size(obj.total)
+            span = sizes.s_span(p, start, end)
+            header = await self._fetch(obj.key, obj.etag, 0, sizes.S_HEADER_SIZE)
+            sdec = SRangeDecryptor(obj.dek, obj.env.object_id, header, p, span)
+            return await self._feed(obj, span.ct_start, span.ct_end, sdec, write)
+        written, p_off = 0, 0
+        for off, c_part, header in await self.part_table(obj):
+            p_part = c_part - sizes.K_PART_OVERHEAD
+            a, b = max(start, p_off), min(end, p_off + p_part)
+            if a < b:
+                kspan = sizes.k_span(p_part, a - p_off, b - p_off)
+                kdec = KPartDecryptor(obj.dek, obj.env.object_id, header, c_part, kspan)
+                written += await self._feed(obj, off + kspan.ct_start, off + kspan.ct_end, kdec, write)
+            p_off += p_part
+        return written
+
+    async def _feed(self, obj: Opened, a: int, b: int, dec: SRangeDecryptor | KPartDecryptor, write: Write) -> int:
+        written = 0
+        async for piece in self._ciphertext(obj.key, obj.etag, a, b):
+            out = dec.update(piece)
+            if out:
+                write(out)
+                written += len(out)
+        tail = dec.finalize()
+        if tail:
+            write(tail)
+            written += len(tail)
+        return written
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyServiceError):
+        return f"{exc.s3_code}: {exc}"
+    if isinstance(exc, FormatError):
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+async def decrypt_one(reader: Reader, key: str, rng: str | None, write: Write) -> int:
+    obj = await reader.open(key)
+    try:
+        if rng is None:
+            return await reader.whole(obj, write)
+        size, _ = await reader.plaintext_size(obj)
+        start, end = parse_range(rng, size)
+        return await reader.span(obj, start, end, write)
+    finally:
+        zeroize(obj.dek)
