@@ -8,58 +8,43 @@
 - :class:`Transfers`: small requests with retries, and the streaming ones: a GET, a PUT or a
   multipart upload fed from a :class:`Source` (part by part: nothing is held whole), the tags
   of an object, the part sizes of a multipart object, the digest of a GET.
+
+The small requests, tags, part sizes and multipart plumbing are :mod:`s3proxy.backend.ops`,
+shared with ``rewrap``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from urllib.parse import quote, urlencode
-from xml.sax.saxutils import escape
 
 import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
+from s3proxy.backend import ops
 from s3proxy.backend.client import BackendClient
+from s3proxy.backend.ops import KEPT_HEADERS, Reply, describe, read_at_most, reply_etag
 from s3proxy.config import BackendSettings, Identity, Settings, TLSSettings
-from s3proxy.rewrap import ATTEMPTS, RETRY_STATUSES, TRANSIENT_CODES, Reply, _child_text, _error, _local, _xml
 
-__all__ = ["Changed", "InternalProxy", "JobError", "Source", "Transfers"]
+__all__ = ["Changed", "InternalProxy", "JobError", "Source", "Transfers", "describe", "reply_etag"]
 
 PIECE = 1 << 20
 MAX_PARTS = 10_000
-TAGGING_LIMIT = 64 << 10  # a tag set is at most 10 tags of 128 + 256 characters
-KEPT_HEADERS = (
-    "Content-Type", "Content-Encoding", "Content-Disposition", "Content-Language", "Cache-Control", "Expires",
-    "x-amz-website-redirect-location", "x-amz-storage-class", "x-amz-object-lock-mode",
-    "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold",
-)
 META = "x-amz-meta-"
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b?)\s*$", re.I)
 
 
-class JobError(Exception):
+class JobError(ops.OpError):
     """One object could not be processed; the message says why (never key material)."""
 
 
 class Changed(JobError):
     """The object is not the one its HEAD described (a store that ignores If-Match on GET)."""
-
-
-def describe(status: int, body: bytes) -> str:
-    err = _error(body)
-    return f"{err[0]} (HTTP {status})" if err else f"HTTP {status}"
-
-
-def reply_etag(reply: Reply) -> str | None:
-    root = _xml(reply.body) if reply.body else None
-    return (_child_text(root, "ETag") if root is not None else None) or reply.headers.get("ETag")
 
 
 def kept_headers(src: Mapping[str, str]) -> dict[str, str]:
@@ -85,13 +70,6 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 16MiB)")
     exponent: int = " KMGT".index((m.group(2) or " ").upper())
     return int(m.group(1)) << (10 * exponent)
-
-
-async def read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < limit and (chunk := await resp.content.read(limit - len(buf))):
-        buf += chunk
-    return bytes(buf)
 
 
 class Source:
@@ -167,70 +145,29 @@ class Transfers:
         self.source = source  # the backend, with the proxy's backend credentials
         self.notes: dict[str, str] = {}  # facts about the stores, for the report
 
+    def store(self, client: BackendClient, bucket: str | None = None) -> ops.Store:
+        return ops.Store(client, bucket or self.bucket)
+
     async def call(
         self, client: BackendClient, method: str, key: str | None, *, query: list[tuple[str, str]] | None = None,
         headers: Mapping[str, str] | None = None, body: bytes | None = None, read_limit: int = 1 << 20,
         retry: bool = True, error_in_200: bool = False, bucket: str | None = None,
     ) -> Reply:
         """One small request (retried on 5xx and connection errors); the body is read up to ``read_limit``."""
-        attempts = ATTEMPTS if retry else 1
-        for attempt in range(attempts):
-            last = attempt + 1 >= attempts
-            try:
-                resp = await client.request(method, bucket or self.bucket, key, query=query or [],
-                                            headers=dict(headers or {}), body=body)
-                try:
-                    data = b"" if method == "HEAD" else await read_at_most(resp, read_limit + 1)
-                finally:
-                    resp.release()
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
-                if last:
-                    raise JobError(f"unreachable: {type(exc).__name__}") from None
-                await asyncio.sleep(0.1 * 2**attempt)
-                continue
-            if len(data) > read_limit:
-                raise JobError(f"unexpectedly large response (> {read_limit} bytes)")
-            status = resp.status
-            if status == 200 and error_in_200 and (e := _error(data)) is not None:
-                status = 503 if e[0] in TRANSIENT_CODES else 500
-            if status in RETRY_STATUSES and not last:
-                await asyncio.sleep(0.1 * 2**attempt)
-                continue
-            return Reply(status, resp.headers, data)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await ops.call(self.store(client, bucket), method, key, query=query or (), headers=headers, body=body,
+                              read_limit=read_limit, retry=retry, error_in_200=error_in_200)
 
     async def tagging(self, client: BackendClient, key: str) -> str | None:
         """The object's tags as an ``x-amz-tagging`` value (None: none, or the store keeps none)."""
-        resp = await client.request("GET", self.bucket, key, query=[("tagging", "")])
-        try:
-            body = await read_at_most(resp, TAGGING_LIMIT + 1)
-        finally:
-            resp.close()
-        if resp.status in (404, 405, 501) or (resp.status == 400 and (_error(body) or ("",))[0] == "NotImplemented"):
-            return None
-        root = _xml(body) if resp.status == 200 and len(body) <= TAGGING_LIMIT else None
-        if root is None or _local(root.tag) != "Tagging":
-            if resp.status == 200:  # a store that ignores ?tagging and answers the object (rclone)
-                self.notes["tagging"] = "the store answers no tagging documents: tags not carried"
-                return None
-            raise JobError(f"cannot read the object's tags: {describe(resp.status, body)}")
-        pairs = [(_child_text(el, "Key") or "", _child_text(el, "Value") or "")
-                 for el in root.iter() if _local(el.tag) == "Tag"]
-        return urlencode(pairs, quote_via=quote) if pairs else None
+        tags, note = await ops.tagging(self.store(client), key)
+        if note:
+            self.notes["tagging"] = note
+        return tags
 
     async def part_sizes(self, key: str, total: int, n: int) -> list[int] | None:
         """The part sizes of a multipart source (HEAD ?partNumber=N), or None if the store won't say."""
-        sem = asyncio.Semaphore(8)
-
-        async def one(i: int) -> int | None:
-            async with sem:
-                r = await self.call(self.source, "HEAD", key, query=[("partNumber", str(i))], retry=False)
-            cl = r.headers.get("Content-Length", "")
-            return int(cl) if r.status in (200, 206) and cl.isdigit() else None
-
-        got = await asyncio.gather(*(one(i) for i in range(1, n + 1)))
-        sizes = [g for g in got if g is not None]
-        return sizes if len(sizes) == n and sum(sizes) == total and all(sizes[:-1]) else None
+        sizes = await ops.part_sizes(self.store(self.source), key, total, n)
+        return sizes if sizes is not None and all(sizes[:-1]) else None
 
     async def open_source(self, client: BackendClient, key: str, query: list[tuple[str, str]],
                           cond: Mapping[str, str], total: int | None) -> Source | None:
@@ -284,11 +221,8 @@ class Transfers:
     ) -> Reply | None:
         """A multipart upload fed part by part from ``src``; None when ``cond`` failed at Complete."""
         bucket = bucket or self.bucket
-        r = await self.call(client, "POST", key, query=[("uploads", "")], headers=headers, bucket=bucket)
-        root = _xml(r.body) if r.status == 200 else None
-        upload_id = _child_text(root, "UploadId") if root is not None else None
-        if not upload_id:
-            raise JobError(f"CreateMultipartUpload failed: {describe(r.status, r.body)}")
+        store = self.store(client, bucket)
+        upload_id = await ops.create_upload(store, key, headers)
         etags: list[str] = []
         try:
             for i, p in enumerate(sizes, start=1):
@@ -301,24 +235,17 @@ class Transfers:
                     raise JobError(f"UploadPart {i} failed: {describe(resp.status, data)}")
                 etags.append(resp.headers["ETag"])
             if before_complete is not None and not await before_complete():
-                await self._abort(client, bucket, key, upload_id)
+                await ops.abort(store, key, upload_id)
                 return None
-            xml = "<CompleteMultipartUpload>" + "".join(
-                f"<Part><PartNumber>{i}</PartNumber><ETag>{escape(e)}</ETag></Part>"
-                for i, e in enumerate(etags, start=1)) + "</CompleteMultipartUpload>"
-            cr = await self.call(client, "POST", key, query=[("uploadId", upload_id)], headers=cond,
-                                 body=xml.encode(), error_in_200=True, retry=False, bucket=bucket)
+            cr = await ops.call(store, "POST", key, query=[("uploadId", upload_id)], headers=cond,
+                                body=ops.complete_body(etags), error_in_200=True, retry=False)
         except BaseException:
-            await asyncio.shield(self._abort(client, bucket, key, upload_id))
+            await asyncio.shield(ops.abort(store, key, upload_id))
             raise
         if cr.status in (404, 412) and cond:
-            await self._abort(client, bucket, key, upload_id)
+            await ops.abort(store, key, upload_id)
             return None
         if cr.status != 200:
-            await self._abort(client, bucket, key, upload_id)
+            await ops.abort(store, key, upload_id)
             raise JobError(f"CompleteMultipartUpload failed: {describe(cr.status, cr.body)}")
         return cr
-
-    async def _abort(self, client: BackendClient, bucket: str, key: str, upload_id: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.call(client, "DELETE", key, query=[("uploadId", upload_id)], retry=False, bucket=bucket)

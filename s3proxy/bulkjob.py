@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import unquote_plus
 
 from s3proxy import progress
+from s3proxy.backend import ops
 from s3proxy.backend.client import BackendClient
+from s3proxy.backend.ops import Reply, quoted
 from s3proxy.bulkio import (
     Changed,
     InternalProxy,
@@ -42,7 +41,7 @@ from s3proxy.bulkio import (
     split,
 )
 from s3proxy.config import ConfigError, Settings, load_settings
-from s3proxy.rewrap import ListingError, Reply, SetupError, _child_text, _local, _run_all, _Tracker, _xml, quoted
+from s3proxy.rewrap.walk import ListingError, SetupError, State, StateFile, Tracker, run_all
 
 __all__ = [
     "BulkJob", "Changed", "InternalProxy", "JobError", "JobReport", "Reply", "SetupError", "Source", "describe",
@@ -98,12 +97,6 @@ class JobReport:
         return d
 
 
-@dataclass
-class _State:
-    after: str | None = None
-    failed: list[str] = field(default_factory=list)
-
-
 class BulkJob(Transfers):
     """A walk over ``bucket``/``prefix``; subclasses say what happens to one object."""
 
@@ -120,6 +113,7 @@ class BulkJob(Transfers):
         self.prefix, self.dry_run = prefix or "", dry_run
         self.concurrency = max(1, min(int(concurrency), MAX_CONCURRENCY))
         self.state_path = Path(state_file) if state_file else Path(f".s3proxy-{self.kind}-{bucket}.json")
+        self.state: StateFile | None = None  # at run(): its identity may depend on the subclass's settings
         self.report_path = Path(report_file) if report_file else None
         self.show_progress = progress
         self.page_size = max(1, min(int(page_size), 1000))
@@ -130,10 +124,8 @@ class BulkJob(Transfers):
         super().__init__(bucket, BackendClient(settings.backend))
         self.internal = InternalProxy(settings)
         self.proxy_client: BackendClient = self.source  # replaced at start
-        self._tracker = _Tracker(None)
+        self._tracker = Tracker(None)
         self._pending_failed: set[str] = set()
-        self._checkpointed: str | None = None
-        self._last_checkpoint = 0.0
         self._last_progress = 0.0
         self._t0 = time.monotonic()
         self._walk_finished = False
@@ -159,47 +151,22 @@ class BulkJob(Transfers):
     # -- requests ---------------------------------------------------------------------
 
     async def pages(self, start_after: str | None) -> AsyncIterator[list[tuple[str, int | None]]]:
-        token: str | None = None
-        while True:
-            q = [("list-type", "2"), ("encoding-type", "url"), ("max-keys", str(self.page_size))]
-            if self.prefix:
-                q.append(("prefix", self.prefix))
-            if token:
-                q.append(("continuation-token", token))
-            elif start_after:
-                q.append(("start-after", start_after))
-            try:
-                r = await self.call(self.list_client, "GET", None, query=q, read_limit=64 << 20)
-            except JobError as exc:
-                raise ListingError(str(exc)) from None
-            root = _xml(r.body) if r.status == 200 else None
-            if root is None or _local(root.tag) != "ListBucketResult":
-                raise ListingError(f"ListObjectsV2 failed: {describe(r.status, r.body)}")
-            url_encoded = (_child_text(root, "EncodingType") or "").lower() == "url"
-            items: list[tuple[str, int | None]] = []
-            for el in root:
-                if _local(el.tag) == "Contents":
-                    raw = _child_text(el, "Key") or ""
-                    size = _child_text(el, "Size")
-                    if (unquote_plus(raw) if url_encoded else raw).startswith(".s3proxy/"):
-                        continue  # the proxy's own sidecars (s3proxy.http.sidecars): not objects
-                    items.append((unquote_plus(raw) if url_encoded else raw,
-                                  int(size) if size and size.isdigit() else None))
-            token = _child_text(root, "NextContinuationToken")
-            if items:
-                yield items
-            if (_child_text(root, "IsTruncated") or "false").lower() != "true":
-                return
-            if not token:
-                raise ListingError("ListObjectsV2 was truncated without a continuation token")
-
+        store = ops.Store(self.list_client, self.bucket)
+        try:
+            async for page in ops.list_pages(store, self.prefix, start_after, self.page_size):
+                # the proxy's own sidecars (s3proxy.http.sidecars) are not objects
+                items = [(o.key, o.size) for o in page if not o.key.startswith(".s3proxy/")]
+                if items:
+                    yield items
+        except ops.OpError as exc:
+            raise ListingError(str(exc)) from None
 
     # -- one object, the walk ---------------------------------------------------------------
 
     async def _process(self, key: str, size: int | None) -> None:
         try:
             outcome, detail = await self.one(key, size)
-        except JobError as exc:
+        except ops.OpError as exc:  # JobError, and the shared backend operations' errors
             outcome, detail = "failed", str(exc) or type(exc).__name__
         except Exception as exc:  # noqa: BLE001 - one object's surprise must not stop the walk
             outcome, detail = "failed", f"{type(exc).__name__}: {exc}"
@@ -226,7 +193,7 @@ class BulkJob(Transfers):
             while todo:
                 await self._process(todo.pop(), None)
 
-        await _run_all([worker() for _ in range(min(self.concurrency, max(1, len(keys))))])
+        await run_all([worker() for _ in range(min(self.concurrency, max(1, len(keys))))])
 
     async def _walk(self, start_after: str | None) -> None:
         queue: asyncio.Queue[tuple[int, str, int | None] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
@@ -254,46 +221,14 @@ class BulkJob(Transfers):
                 if self._tracker.complete(seq):
                     self._checkpoint()
 
-        await _run_all([producer(), *(worker() for _ in range(self.concurrency))])
+        await run_all([producer(), *(worker() for _ in range(self.concurrency))])
 
     # -- state file -------------------------------------------------------------------------
 
-    def _load_state(self) -> _State:
-        try:
-            data = json.loads(self.state_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return _State()
-        except (OSError, ValueError) as exc:
-            raise SetupError(f"cannot read the state file {self.state_path}: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != f"s3proxy-{self.kind}-state":
-            raise SetupError(f"{self.state_path} is not an s3proxy {self.kind} state file")
-        mine = self.identity()
-        theirs = {k: data.get(k) for k in mine}
-        if theirs != mine:
-            raise SetupError(f"the state file {self.state_path} belongs to another run ({theirs}): finish that "
-                             "run, delete the file, or pass --state")
-        after, failed = data.get("after"), data.get("failed") or []
-        if not (after is None or isinstance(after, str)) or not all(isinstance(k, str) for k in failed):
-            raise SetupError(f"the state file {self.state_path} is malformed")
-        return _State(after=after, failed=list(failed))
-
     def _checkpoint(self, *, force: bool = False) -> None:
-        if self.dry_run:
+        if self.dry_run or self.state is None:
             return
-        if not force:
-            if self._tracker.after == self._checkpointed:
-                return
-            if not self._tracker.reached_page_end and time.monotonic() - self._last_checkpoint < CHECKPOINT_INTERVAL:
-                return
-        self._tracker.reached_page_end = False
-        data = {"format": f"s3proxy-{self.kind}-state", **self.identity(), "after": self._tracker.after,
-                "failed": sorted(self._pending_failed), "walk_complete": self._walk_finished,
-                "updated": datetime.now(UTC).isoformat(timespec="seconds")}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, self.state_path)
-        self._last_checkpoint = time.monotonic()
-        self._checkpointed = self._tracker.after
+        self.state.checkpoint(self._tracker, self._pending_failed, self._walk_finished, force=force)
 
     # -- progress and report ------------------------------------------------------------------
 
@@ -345,13 +280,13 @@ class BulkJob(Transfers):
     async def run(self) -> JobReport:
         if not self.dry_run and not self.state_path.parent.is_dir():
             raise SetupError(f"the directory of the state file {self.state_path} does not exist")
-        state = _State() if self.dry_run else self._load_state()
+        self.state = StateFile(self.state_path, f"s3proxy-{self.kind}-state", self.identity())
+        state = State() if self.dry_run else self.state.load()
         await self.source.start()
         try:
             self.proxy_client = await self.internal.start()
             await self.prepare()
-            self._tracker = _Tracker(state.after)
-            self._checkpointed = state.after
+            self._tracker = Tracker(state.after)
             self._pending_failed = set(state.failed)
             self.report.resumed_after, self.report.retried = state.after, len(state.failed)
             try:
@@ -362,8 +297,7 @@ class BulkJob(Transfers):
             finally:  # also on Ctrl-C: what finished stays finished
                 if not self.dry_run:
                     if self._walk_finished and self.report.ok and not self._pending_failed:
-                        with contextlib.suppress(FileNotFoundError):
-                            self.state_path.unlink()
+                        self.state.remove()
                     else:
                         self._checkpoint(force=True)
                 self.report.elapsed = time.monotonic() - self._t0

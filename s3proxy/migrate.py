@@ -39,8 +39,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from s3proxy import bulkjob
+from s3proxy.backend import ops
+from s3proxy.backend.ops import parts_from_etag
 from s3proxy.bulkjob import BulkJob, Changed, JobError, Reply, SetupError, describe, quoted
-from s3proxy.rewrap import _child_text, _xml, parts_from_etag
 
 __all__ = ["Migrator", "add_parser", "cmd_migrate"]
 
@@ -116,17 +117,14 @@ class Migrator(BulkJob):
             await self.call(self.source, "DELETE", key)
 
     async def _probe_complete(self, key: str) -> bool:
-        r = await self.call(self.source, "POST", key, query=[("uploads", "")])
-        root = _xml(r.body) if r.status == 200 else None
-        upload_id = _child_text(root, "UploadId") if root is not None else None
-        if not upload_id:
-            raise SetupError(f"probing conditional writes on the backend failed: {describe(r.status, r.body)}")
+        try:
+            upload_id = await ops.create_upload(self.store(self.source), key, {})
+        except ops.OpError as exc:
+            raise SetupError(f"probing conditional writes on the backend failed: {exc}") from None
         q = [("uploadId", upload_id)]
         part = await self.call(self.source, "PUT", key, query=[("partNumber", "1"), *q], body=b"p")
-        xml = f"<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>{part.headers.get('ETag', '')}" \
-              "</ETag></Part></CompleteMultipartUpload>"
-        c = await self.call(self.source, "POST", key, query=q, headers={"If-Match": PROBE_ETAG}, body=xml.encode(),
-                            error_in_200=True, retry=False)
+        c = await self.call(self.source, "POST", key, query=q, headers={"If-Match": PROBE_ETAG},
+                            body=ops.complete_body([part.headers.get("ETag", "")]), error_in_200=True, retry=False)
         if c.status != 200:
             await self.call(self.source, "DELETE", key, query=q)
         return c.status == 412

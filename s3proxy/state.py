@@ -1,6 +1,7 @@
 """The running proxy's shared state (``AppState``), its request keys and the limiter.
 
-Imported by the app, the server and every request handler; imports nothing of s3proxy.http."""
+Imported by the app, the server and every request handler; imports the backend client, the
+settings and the key manager, never s3proxy.http."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from s3proxy.aws.errors import S3Error
 from s3proxy.backend.client import BackendClient
 from s3proxy.config import LimitSettings, Settings
+from s3proxy.keys.manager import KeyManager
 from s3proxy.observability import Metrics
 
 ANONYMOUS = ""  # the per-identity budget key of unauthenticated requests
@@ -29,7 +31,7 @@ def slow_down() -> S3Error:
 class Limiter:
     """Counts open client connections and requests in flight (one worker process)."""
 
-    def __init__(self, limits: LimitSettings, registry: Any) -> None:
+    def __init__(self, limits: LimitSettings, registry: CollectorRegistry | None) -> None:
         self.limits = limits
         self.connections = 0
         self.in_flight = 0
@@ -90,8 +92,8 @@ class RequestMetrics:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._count: dict[tuple[str, int], Any] = {}
-        self._latency: dict[str, Any] = {}
+        self._count: dict[tuple[str, int], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
 
     def observe(self, op: str, status: int, seconds: float) -> None:
         count = self._count.get((op, status))
@@ -108,7 +110,7 @@ class RequestMetrics:
 class AppState:
     settings: Settings
     backend: BackendClient
-    keys: Any  # s3proxy.keys.manager.KeyManager
+    keys: KeyManager
     metrics: Metrics
     limiter: Limiter
     part_tables: dict[tuple[str, str, str], tuple[int, ...]] = field(default_factory=dict)

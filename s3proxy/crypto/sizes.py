@@ -3,16 +3,16 @@
 Pure functions, exact inverses of each other: the proxy computes every
 ``Content-Length`` and every listed size from these, never by buffering.
 Impossible ciphertext lengths raise ``InvalidCiphertextSize``.
+
+Imports: ``crypto.errors`` only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from s3proxy.crypto.errors import InvalidCiphertextSize
+from s3proxy.crypto.errors import InvalidCiphertextSize
 
 __all__ = [
     "CHUNK_SIZE",
@@ -60,10 +60,6 @@ MAX_PART_NUMBER = 10000
 
 
 def _invalid_size(message: str) -> InvalidCiphertextSize:
-    # The exception classes live in format.py, which imports this module;
-    # importing lazily (on error paths only) avoids the cycle.
-    from s3proxy.crypto.errors import InvalidCiphertextSize
-
     return InvalidCiphertextSize(message)
 
 

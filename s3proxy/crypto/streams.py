@@ -1,87 +1,105 @@
-"""Stream adapters over the pure format: whole-object K-layout reading.
+"""Async adapters over the pure format: drive a ``crypto.format`` decryptor through an async
+iterator of ciphertext pieces (``decrypt_stream``), the part-table planner of
+``crypto.k_table`` through a ``fetch(start, end)`` callable (``k_part_table``), and ranged
+reads (``decrypt_s_range``, ``decrypt_k_range``) planned with ``crypto.sizes`` (``s_span``,
+``k_object_spans``), fetching headers through ``fetch`` and chunks through ``stream``.
 
-``KObjectDecryptor`` walks a multipart (K layout) object from its first byte:
-part header -> that part's chunks -> next header, checking that part numbers
-strictly increase and that exactly ``n_parts`` parts are present (when the
-backend's ETag or the object's completeness manifest told us how many; ``None``
-for backends without ``-N`` ETags), and, given the manifest's list, that each
-part is the one it names.  Pure and
-synchronous like ``crypto.format``; the async glue lives in the handlers.
+There is one reader of whole K objects, ``crypto.format.KObjectDecryptor`` (in
+``crypto.k_body``); it is importable from here too for the callers that always did.
+No I/O of its own: the caller's iterator does the fetching.
+
+Imports: ``crypto.chunked``, ``crypto.k_body``, ``crypto.s_body``, ``crypto.k_table`` and ``crypto.sizes``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
-from s3proxy.crypto.errors import ManifestMismatch, PartOrderError, TrailingData, Truncated
-from s3proxy.crypto.format import KPartDecryptor, parse_k_header
-from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD
+from s3proxy.crypto.chunked import Buffer
+from s3proxy.crypto.k_body import KObjectDecryptor, KPartDecryptor, PartNumberSequence
+from s3proxy.crypto.k_table import HeaderWalk, PartTable, check_part_count, confirm_guess, part_info, uniform_guess
+from s3proxy.crypto.s_body import SRangeDecryptor
+from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD, k_object_spans, s_span
+
+__all__ = ["Decryptor", "Fetch", "KObjectDecryptor", "Stream", "decrypt_k_range", "decrypt_s_range", "decrypt_stream",
+           "k_part_table"]
 
 
-class KObjectDecryptor:
-    def __init__(
-        self, dek: bytes | bytearray, object_id: bytes, n_parts: int | None,
-        expected: Sequence[tuple[int, int]] | None = None,
-    ) -> None:
-        """``expected``: each part's (part number, plaintext length) from the object's manifest;
-        a part that differs is ``ManifestMismatch``."""
-        if expected is not None and len(expected) != n_parts:
-            raise ManifestMismatch("part count differs from the object's manifest")
-        self._expected = expected
-        self._dek = dek
-        self._oid = object_id
-        self._n = n_parts
-        self._parts_done = 0
-        self._last_part_number = 0
-        self._hdr = bytearray()
-        self._part: KPartDecryptor | None = None
-        self._remaining = 0  # ciphertext bytes of the current part after its header
+class Decryptor(Protocol):
+    def update(self, data: Buffer, /) -> bytearray: ...
+    def finalize(self) -> bytearray: ...
 
-    def update(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
-        out: list[bytes | bytearray] = []
-        mv = memoryview(data)
-        while mv:
-            if self._part is None:
-                need = K_HEADER_SIZE - len(self._hdr)
-                self._hdr += mv[:need]
-                mv = mv[need:]
-                if len(self._hdr) < K_HEADER_SIZE:
-                    break
-                if self._n is not None and self._parts_done >= self._n:
-                    raise TrailingData("more parts than the object's part count")
-                header = bytes(self._hdr)
-                self._hdr.clear()
-                info = parse_k_header(header)
-                if info.part_number <= self._last_part_number:
-                    raise PartOrderError("part numbers must strictly increase")
-                self._last_part_number = info.part_number
-                if self._expected is not None and self._expected[self._parts_done] != (info.part_number, info.plaintext_length):
-                    raise ManifestMismatch(f"part {self._parts_done + 1} differs from the object's manifest")
-                c_part = info.plaintext_length + K_PART_OVERHEAD
-                self._part = KPartDecryptor(self._dek, self._oid, header, c_part)
-                self._remaining = c_part - K_HEADER_SIZE
-                if self._remaining == 0:
-                    self._finish_part(out)
-                continue
-            take = mv[: self._remaining]
-            mv = mv[len(take):]
-            self._remaining -= len(take)
-            piece = self._part.update(take)
-            if piece:
-                out.append(piece)
-            if self._remaining == 0:
-                self._finish_part(out)
-        return out
 
-    def _finish_part(self, out: list[bytes | bytearray]) -> None:
-        assert self._part is not None
-        tail = self._part.finalize()
+async def decrypt_stream(dec: Decryptor, ciphertext: AsyncIterable[Buffer]) -> AsyncIterator[bytearray]:
+    """Authenticated plaintext of ``ciphertext``, piece by piece, as ``dec`` releases it.
+
+    A ``FormatError`` propagates at the failing piece; nothing unverified is yielded.
+    A ``KObjectDecryptor`` abandoned mid-body (the consumer stops early) has its DEK copy
+    zeroed when this generator closes.
+    """
+    try:
+        async for piece in ciphertext:
+            out = dec.update(piece)
+            if out:
+                yield out
+        tail = dec.finalize()
         if tail:
-            out.append(tail)
-        self._part = None
-        self._parts_done += 1
+            yield tail
+    finally:
+        if isinstance(dec, KObjectDecryptor):
+            dec.close()
 
-    def finalize(self) -> bytes:
-        if self._part is not None or self._hdr or (self._n is not None and self._parts_done != self._n):
-            raise Truncated("multipart object ended early")
-        return b""
+
+
+Fetch = Callable[[int, int], Awaitable[Buffer]]
+
+
+async def k_part_table(fetch: Fetch, ct_total: int, n: int | None, first_header: Buffer | None = None) -> PartTable:
+    """The part table of a K object of ``ct_total`` stored bytes (``n``: the ETag's ``-N``), reading
+    only part headers through ``fetch(start, end)`` (bytes ``[start, end)`` of the stored object):
+    the uniform guess, its headers fetched together, else a walk.  Raises a ``FormatError``
+    (the handlers' integrity error) when the headers do not make a table."""
+    check_part_count(n)
+    first = first_header if first_header is not None else await fetch(0, K_HEADER_SIZE)
+    first_size, first_number = part_info(first)
+    guess = uniform_guess(ct_total, n, first_size)
+    if guess is not None:
+        headers = await asyncio.gather(*(fetch(off, off + K_HEADER_SIZE) for off, _ in guess[1:]))
+        if confirm_guess(guess, first_number, headers):
+            return guess
+    walk = HeaderWalk(ct_total, n)
+    walk.feed(first)
+    while (off := walk.next_offset) is not None:
+        walk.feed(await fetch(off, off + K_HEADER_SIZE))
+    return walk.table()
+
+
+Stream = Callable[[int, int], AsyncIterator[Buffer]]
+
+
+async def decrypt_s_range(
+    dek: Buffer, object_id: Buffer, header: Buffer, p: int, start: int, end: int, stream: Stream
+) -> AsyncIterator[bytearray]:
+    """Plaintext ``[start, end)`` of an S object of plaintext size ``p`` (``header``: its first
+    56 bytes), streaming only the chunks it needs through ``stream(ct_start, ct_end)``."""
+    span = s_span(p, start, end)
+    dec = SRangeDecryptor(dek, object_id, header, p, span)
+    async for out in decrypt_stream(dec, stream(span.ct_start, span.ct_end)):
+        yield out
+
+
+async def decrypt_k_range(
+    dek: Buffer, object_id: Buffer, table: PartTable, start: int, end: int, fetch: Fetch, stream: Stream
+) -> AsyncIterator[bytearray]:
+    """Plaintext ``[start, end)`` of a K object with part table ``table``: for each part the range
+    touches, its header through ``fetch``, then only the chunks needed through ``stream``.  The
+    parts read must have strictly increasing numbers (``PartOrderError``)."""
+    order = PartNumberSequence()
+    for piece in k_object_spans([c - K_PART_OVERHEAD for _, c in table], start, end):
+        off, c = table[piece.index]
+        kd = KPartDecryptor(dek, object_id, await fetch(off, off + K_HEADER_SIZE), c, piece.span)
+        order.check(kd.part_number)
+        async for out in decrypt_stream(kd, stream(off + piece.span.ct_start, off + piece.span.ct_end)):
+            yield out

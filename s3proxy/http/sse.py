@@ -3,6 +3,9 @@
 SSE-KMS headers let a client choose the key (where policy allows it) and add
 encryption context.  SSE-C headers carry a customer key that wraps the
 object's data key; neither the backend nor the key service ever sees it.
+Both go through the ``KeyManager`` (``ctx.state.keys``), which writes the audit
+line with the request id and identity.  The customer key is held in a
+``bytearray`` that is zeroed as soon as it has wrapped or unwrapped the data key.
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ import binascii
 import hashlib
 import hmac
 import json
-import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from s3proxy.aws.errors import S3Error
 from s3proxy.crypto.envelope import Envelope, SealContents, rebind
-from s3proxy.keys.base import InvalidWrappedKey, WrappedKey
+from s3proxy.keys.base import InvalidWrappedKey, WrappedKey, zeroize
 from s3proxy.keys.manager import AuditInfo
 
 if TYPE_CHECKING:
@@ -41,8 +44,14 @@ CS_MD5 = CS_PREFIX + C_MD5.removeprefix("x-amz-")
 
 @dataclass(frozen=True)
 class CustomerKey:
-    key: bytes
+    key: bytearray  # zeroed by ``clear()`` once used
     md5_b64: str
+
+    def clear(self) -> None:
+        zeroize(self.key)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"CustomerKey(md5_b64={self.md5_b64!r})"
 
 
 def customer_key(headers: Mapping[str, str], prefix: str = "", *, secure: bool, require_https: bool) -> CustomerKey | None:
@@ -61,17 +70,21 @@ def customer_key(headers: Mapping[str, str], prefix: str = "", *, secure: bool, 
     if not key_b64 or not md5:
         raise S3Error("InvalidRequest", "The SSE-C request must provide the customer key and its MD5.", 400)
     try:
-        key = base64.b64decode(key_b64, validate=True)
+        key = bytearray(base64.b64decode(key_b64, validate=True))
     except (binascii.Error, ValueError):
         raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.", 400) from None
-    if len(key) != 32:
-        raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.", 400)
-    expect = base64.b64encode(hashlib.md5(key).digest()).decode()
-    if not hmac.compare_digest(expect, md5.strip()):
-        raise S3Error("InvalidArgument", "The calculated MD5 hash of the key did not match the hash that was provided.", 400)
-    if require_https and not secure:
-        raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection.", 400)
-    return CustomerKey(key, expect)
+    ck = CustomerKey(key, base64.b64encode(hashlib.md5(key).digest()).decode())
+    try:
+        if len(key) != 32:
+            raise S3Error("InvalidArgument", "The secret key was invalid for the specified algorithm.", 400)
+        if not hmac.compare_digest(ck.md5_b64, md5.strip()):
+            raise S3Error("InvalidArgument", "The calculated MD5 hash of the key did not match the hash that was provided.", 400)
+        if require_https and not secure:
+            raise S3Error("InvalidRequest", "Requests specifying Server Side Encryption with Customer provided keys must be made over a secure connection.", 400)
+    except S3Error:
+        ck.clear()
+        raise
+    return ck
 
 
 def _ck(ctx: Ctx, prefix: str = "") -> CustomerKey | None:
@@ -79,6 +92,26 @@ def _ck(ctx: Ctx, prefix: str = "") -> CustomerKey | None:
         ctx.request.headers, prefix, secure=ctx.request.secure,
         require_https=ctx.state.settings.require_https_for_sse_c,
     )
+
+
+@contextmanager
+def _customer_key(ctx: Ctx, prefix: str = "") -> Iterator[CustomerKey | None]:
+    """The request's SSE-C key for the length of a ``with`` block, zeroed when it ends."""
+    ck = _ck(ctx, prefix)
+    try:
+        yield ck
+    finally:
+        if ck is not None:
+            ck.clear()
+
+
+@contextmanager
+def held_dek(dek: bytearray) -> Iterator[bytearray]:
+    """A handler's data key for the length of a ``with`` block, zeroed when it ends (also on error)."""
+    try:
+        yield dek
+    finally:
+        zeroize(dek)
 
 
 def _extra_context(ctx: Ctx) -> dict[str, str]:
@@ -112,14 +145,13 @@ def requested_key_id(ctx: Ctx) -> str | None:
 
 
 async def data_key_for_write(ctx: Ctx, bucket: str, key: str, nbytes: int | None, op: str) -> tuple[bytearray, WrappedKey, dict[str, str]]:
-    ck = _ck(ctx)
-    if ck is not None:
-        if SSE in ctx.request.headers:
-            raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with the encryption method specified", 400)
-        dek = bytearray(os.urandom(32))
-        context = {"bucket": bucket}
-        wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, context)
-        return dek, wrapped, context
+    with _customer_key(ctx) as ck:
+        if ck is not None:
+            if SSE in ctx.request.headers:
+                raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with the encryption method specified", 400)
+            context = {"bucket": bucket}
+            dk = ctx.state.keys.sse_c_data_key(ck.key, context, audit=audit_info(ctx, op, bucket, key))
+            return dk.plaintext, dk.wrapped, context
     extra = _extra_context(ctx)
     dk = await ctx.state.keys.data_key_for_write(
         bucket=bucket, key=key, requested_key_id=requested_key_id(ctx), extra_context=extra or None,
@@ -135,15 +167,16 @@ async def unwrap(ctx: Ctx, env: Envelope, bucket: str, key: str, op: str, *, cop
 async def unwrap_key(
     ctx: Ctx, wrapped: WrappedKey, context: Mapping[str, str], bucket: str, key: str, op: str, *, copy_source: bool = False
 ) -> bytearray:
+    audit = audit_info(ctx, op, bucket, key)
     if wrapped.backend == "sse-c":
-        ck = _ck(ctx, CS_PREFIX if copy_source else "")
-        if ck is None:
-            raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.", 400)
-        try:
-            return ctx.state.keys.sse_c_unwrap(ck.key, wrapped, dict(context))  # type: ignore[no-any-return]
-        except InvalidWrappedKey:
-            raise S3Error("AccessDenied", "The provided SSE-C key does not match the object's key.", 403) from None
-    return await ctx.state.keys.data_key_for_read(wrapped, dict(context), audit_info(ctx, op, bucket, key))  # type: ignore[no-any-return]
+        with _customer_key(ctx, CS_PREFIX if copy_source else "") as ck:
+            if ck is None:
+                raise S3Error("InvalidRequest", "The object was stored using a form of Server Side Encryption. The correct parameters must be provided to retrieve the object.", 400)
+            try:
+                return ctx.state.keys.sse_c_unwrap(ck.key, wrapped, dict(context), audit=audit)
+            except InvalidWrappedKey:
+                raise S3Error("AccessDenied", "The provided SSE-C key does not match the object's key.", 403) from None
+    return await ctx.state.keys.data_key_for_read(wrapped, dict(context), audit)
 
 
 _KEY_MESSAGES = {
@@ -158,14 +191,14 @@ _KEY_MESSAGES = {
 
 def _check_key(ctx: Ctx, env: Envelope, prefix: str) -> None:
     missing, wrong, unexpected = _KEY_MESSAGES[prefix]
-    ck = _ck(ctx, prefix)
-    if env.wrapped.backend == "sse-c":
-        if ck is None:
-            raise S3Error("InvalidRequest", missing, 400)
-        if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
-            raise S3Error("AccessDenied", wrong, 403)
-    elif ck is not None:
-        raise S3Error("InvalidRequest", unexpected, 400)
+    with _customer_key(ctx, prefix) as ck:
+        if env.wrapped.backend == "sse-c":
+            if ck is None:
+                raise S3Error("InvalidRequest", missing, 400)
+            if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
+                raise S3Error("AccessDenied", wrong, 403)
+        elif ck is not None:
+            raise S3Error("InvalidRequest", unexpected, 400)
 
 
 def check_customer_key(ctx: Ctx, env: Envelope) -> None:
@@ -191,16 +224,16 @@ async def rewrap_for(
 ) -> Envelope:
     """The envelope for a copy of ``env`` at (dst_bucket, dst_key): same DEK and body; ``sealed``
     replaces the sealed block's contents (and makes a v1 source's copy v2), see ``rebind``."""
-    ck = _ck(ctx)
     new_ctx = {**dict(env.context), "bucket": dst_bucket}
-    if ck is not None:
-        wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, new_ctx)
-        return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx, sealed=sealed)
+    audit = audit_info(ctx, "CopyObject", dst_bucket, dst_key)
+    with _customer_key(ctx) as ck:
+        if ck is not None:
+            wrapped = ctx.state.keys.sse_c_wrap(ck.key, dek, new_ctx, audit=audit)
+            return rebind(env, dek, dst_bucket, dst_key, wrapped=wrapped, context=new_ctx, sealed=sealed)
     requested = requested_key_id(ctx)
     if env.wrapped.backend == "sse-c" or requested is not None or src_bucket != dst_bucket:
         keys = ctx.state.keys
         to_key = keys.policy.choose(dst_bucket, dst_key, requested)
-        audit = audit_info(ctx, "CopyObject", dst_bucket, dst_key)
         if env.wrapped.backend == "sse-c":
             wrapped = await keys.wrap_data_key(to_key, dek, new_ctx, audit=audit)
         else:

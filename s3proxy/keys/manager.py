@@ -342,9 +342,10 @@ class KeyManager:
     def sse_c_data_key(
         self, customer_key: bytes | bytearray, context: Mapping[str, str], *, audit: AuditInfo | None = None
     ) -> DataKey:
-        """A fresh DEK wrapped under a client's SSE-C key."""
+        """A fresh DEK wrapped under a client's SSE-C key (the caller owns ``plaintext`` and may zero it)."""
+        started = self._clock()
         data_key = sse_c.sse_c_data_key(customer_key, context)
-        self._audit_object(audit, sse_c.BACKEND, data_key.wrapped.key_id, "none", None, context)
+        self._audit_object(audit, sse_c.BACKEND, data_key.wrapped.key_id, "none", started, context)
         return data_key
 
     def sse_c_unwrap(
