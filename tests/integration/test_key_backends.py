@@ -363,6 +363,7 @@ def test_data_key_cache(backend: Any, request: pytest.FixtureRequest, name: str,
                 assert stats["encrypt"].backend_calls == n and stats["decrypt"].backend_calls == n, stats
             if name == "aws-kms":  # what KMS itself saw (HTTP attempts)
                 attempts = p.state.keys.backends["aws-kms"].attempts
-                assert attempts == calls
+                # SDK retries of a timed-out or reset call (moto on a loaded machine) add attempts
+                assert calls <= attempts <= calls + max(2, calls // 20), (attempts, calls)
     finally:
         stop_proxy(p)
