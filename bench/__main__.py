@@ -201,10 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare", metavar="REF", help="paired cells: REF's s3proxy vs the work tree's (bench/compare.py)")
     ap.add_argument("--cells", help="with --compare: comma list among " + ", ".join(compare.CELLS))
     ap.add_argument("--rounds", type=int, default=5, help="with --compare: rounds (default 5)")
+    ap.add_argument("--audit", action="store_true", help="with --compare: the key audit log on (to a file)")
     args = ap.parse_args(argv)
     if args.compare:
         md = compare.main(args.compare, cells=args.cells.split(",") if args.cells else None, rounds=args.rounds,
-                          big_mib=args.size_mib or 256)
+                          big_mib=args.size_mib or 256, audit=args.audit)
         print(md)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "compare.md").write_text(md)

@@ -4,13 +4,15 @@ A change's effect measured against its parent, not against an older run on a
 different day: ``REF``'s ``s3proxy`` package is extracted with ``git archive``
 (read-only; the work tree is not touched) and run with ``PYTHONPATH`` pointing
 at it, next to the work tree's, both in front of one null origin.  The cells
-(4 KiB / 64 KiB PUT and GET at c=16, a large GET, a large PUT) run in rounds,
+(4 KiB / 64 KiB PUT and GET at c=16, a large GET, a large PUT, ListObjectsV2 of a
+1,000-key page) run in rounds,
 the two systems alternating first, and every figure is reported as the median
 over rounds plus the median of the per-round ratios, which is what to read on
 a shared machine: two systems measured seconds apart see the same load.
 
 CPU is the s3proxy process's user+system time from ``/proc`` (ms per request
-for small objects, s per GiB for large ones).
+for small objects and per listed page, s per GiB for large ones).  ``audit=True``
+turns the key audit log on (to a file), as a default deployment has it (on stdout).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from bench.loadgen import Pattern, S3Client
 from bench.origins import PROXY_AK, PROXY_SK, REPO, VENV_BIN, Lab, System, cpu_seconds, free_port, wait_port
 
 MiB = 1 << 20
-CELLS = ("put4k", "get4k", "put64k", "get64k", "getbig", "putbig")
+CELLS = ("put4k", "get4k", "put64k", "get64k", "getbig", "putbig", "list1k")
+LIST_KEYS = 1000
 
 
 @dataclass
@@ -48,7 +51,7 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def start_proxy(lab: Lab, origin: System, v: Variant) -> System:
+def start_proxy(lab: Lab, origin: System, v: Variant, audit: bool = False) -> System:
     port, admin = free_port(), free_port()
     env = {"S3PROXY_LISTEN": f"127.0.0.1:{port}", "S3PROXY_ADMIN_LISTEN": f"127.0.0.1:{admin}",
            "S3PROXY_BACKEND_URL": origin.url, "S3PROXY_BACKEND_ACCESS_KEY": origin.access_key,
@@ -56,7 +59,11 @@ def start_proxy(lab: Lab, origin: System, v: Variant) -> System:
            "S3PROXY_SECRET_KEY": PROXY_SK, "S3PROXY_MASTER_KEY": lab.master_key, "S3PROXY_LOG_LEVEL": "warning"}
     if v.pythonpath:
         env["PYTHONPATH"] = v.pythonpath
-    p = lab.procs.start(f"s3proxy-{v.name}", [str(VENV_BIN / "s3proxy"), "serve", "--config", str(lab.config),
+    config = lab.config
+    if audit:
+        config = lab.workdir / f"s3proxy-audit-{v.name.replace('/', '_')}.yaml"
+        config.write_text(f'keys:\n  audit:\n    target: "{lab.workdir / ("audit-" + v.name.replace("/", "_") + ".jsonl")}"\n')
+    p = lab.procs.start(f"s3proxy-{v.name}", [str(VENV_BIN / "s3proxy"), "serve", "--config", str(config),
                                              "--workers", "1"], env=env)
     wait_port(port, proc=p)
     s = System(f"s3proxy-{v.name}", origin.origin, f"http://127.0.0.1:{port}", PROXY_AK, PROXY_SK, kind="s3proxy",
@@ -91,6 +98,14 @@ async def measure(c: S3Client, s: System, cell: str, pattern: Pattern, big: int,
     assert s.pid is not None
     pid = s.pid
     cpu0, t0 = cpu_seconds([pid]), time.perf_counter()
+    if cell == "list1k":
+        n, stop = 0, t0 + seconds
+        while time.perf_counter() < stop:
+            if await c.list_keys(s.bucket, "list/") != LIST_KEYS:
+                raise RuntimeError("LIST: wrong key count")
+            n += 1
+        wall, cpu = time.perf_counter() - t0, cpu_seconds([pid]) - cpu0
+        return n / wall, cpu * 1e3 / max(1, n)
     if what == "big":
         if op == "GET":
             await c.get(s.bucket, "big", pattern, big)
@@ -105,12 +120,12 @@ async def measure(c: S3Client, s: System, cell: str, pattern: Pattern, big: int,
 
 
 async def run(variants: list[Variant], cells: list[str], rounds: int, seconds: float, big: int, conc: int,
-              lab: Lab) -> None:
+              lab: Lab, audit: bool = False) -> None:
     null = lab.start_null(max(4 << 30, 2 * big))
     pattern = Pattern()
     clients: dict[str, S3Client] = {}
     for v in variants:
-        v.system = start_proxy(lab, null, v)
+        v.system = start_proxy(lab, null, v, audit)
         c = clients[v.name] = S3Client(v.system.url, PROXY_AK, PROXY_SK, limit=conc + 8)
         await c.__aenter__()
         await c.ensure_bucket(v.system.bucket)
@@ -119,6 +134,10 @@ async def run(variants: list[Variant], cells: list[str], rounds: int, seconds: f
             await asyncio.gather(*(c.put_bytes(v.system.bucket, f"small/{size}/{i}", data) for i in range(200)))
         if "getbig" in cells:
             await c.put(v.system.bucket, "big", pattern, big)
+        if "list1k" in cells:
+            small = pattern.bytes(3, 1024)
+            for i in range(0, LIST_KEYS, 50):
+                await asyncio.gather(*(c.put_bytes(v.system.bucket, f"list/{j:05d}", small) for j in range(i, i + 50)))
     try:
         for r in range(rounds):
             for cell in cells:
@@ -135,14 +154,14 @@ async def run(variants: list[Variant], cells: list[str], rounds: int, seconds: f
 def markdown(variants: list[Variant], cells: list[str], meta: dict[str, Any]) -> str:
     a, b = variants
     lines = [f"### {b.name} vs {a.name} ({meta['rounds']} rounds, c={meta['conc']}, large = {meta['big_mib']} MiB, "
-             f"null origin, s3proxy-1w)\n",
+             f"null origin, s3proxy-1w{', audit log on' if meta.get('audit') else ''})\n",
              f"| cell | {a.name} rate | {b.name} rate | {a.name} CPU | {b.name} CPU | rate x (paired median) "
              f"| CPU x (paired median) |", "|---|---|---|---|---|---|---|"]
     for cell in cells:
         xs, ys = a.figures.get(cell, []), b.figures.get(cell, [])
         if not xs or not ys:
             continue
-        unit = ("MB/s", "s/GiB") if cell.endswith("big") else ("ops/s", "ms/op")
+        unit = ("MB/s", "s/GiB") if cell.endswith("big") else ("lists/s", "ms/list") if cell == "list1k" else ("ops/s", "ms/op")
         rate = statistics.median(y[0] / x[0] for x, y in zip(xs, ys, strict=True))
         cpu = statistics.median(y[1] / x[1] for x, y in zip(xs, ys, strict=True))
         lines.append(f"| {cell} | {statistics.median(x[0] for x in xs):,.0f} {unit[0]} | "
@@ -153,7 +172,7 @@ def markdown(variants: list[Variant], cells: list[str], meta: dict[str, Any]) ->
 
 
 def main(ref: str, *, cells: list[str] | None = None, rounds: int = 5, seconds: float = 2.0, big_mib: int = 256,
-         conc: int = 16) -> str:
+         conc: int = 16, audit: bool = False) -> str:
     chosen = cells or list(CELLS)
     unknown = set(chosen) - set(CELLS)
     if unknown:
@@ -162,7 +181,7 @@ def main(ref: str, *, cells: list[str] | None = None, rounds: int = 5, seconds: 
     lab = Lab(work, None)
     try:
         variants = [Variant(ref, str(extract(ref, work / "ref"))), Variant("worktree", "")]
-        asyncio.run(run(variants, chosen, rounds, seconds, big_mib * MiB, conc, lab))
+        asyncio.run(run(variants, chosen, rounds, seconds, big_mib * MiB, conc, lab, audit))
     finally:
         lab.close()
-    return markdown(variants, chosen, {"rounds": rounds, "conc": conc, "big_mib": big_mib})
+    return markdown(variants, chosen, {"rounds": rounds, "conc": conc, "big_mib": big_mib, "audit": audit})

@@ -270,6 +270,15 @@ def build_null_app(max_bytes: int = 8 << 30):  # type: ignore[no-untyped-def]
         if m == "DELETE":
             store.delete(bucket, key)
             return web.Response(status=204)
+        if m == "GET" and "uploadId" in q:  # ListParts (s3proxy reads it to build a multipart manifest)
+            up = store.uploads.get(q["uploadId"])
+            if up is None:
+                return err(404, "NoSuchUpload")
+            listed = "".join(f"<Part><PartNumber>{pn}</PartNumber><ETag>&quot;{p.etag}&quot;</ETag><Size>{p.size}</Size></Part>"
+                             for pn, p in sorted(up[3].items()))
+            return web.Response(body=_xml(f"<ListPartsResult {NS}><Bucket>{bucket}</Bucket><Key>{escape(key)}</Key>"
+                                          f"<UploadId>{escape(q['uploadId'])}</UploadId><IsTruncated>false</IsTruncated>"
+                                          f"{listed}</ListPartsResult>"), content_type="application/xml")
         if m in ("GET", "HEAD"):
             o = store.objects.get((bucket, key))
             if o is None:

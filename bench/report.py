@@ -137,15 +137,17 @@ def list_table(rows: list[Row]) -> str:
     rows = [r for r in rows if r["workload"] == "LIST 1000 keys"]
     if not rows:
         return ""
-    lines = ["| system @ origin | lists/s | p50 ms | p99 ms | x direct | s3proxy CPU ms/list |", "|---|---|---|---|---|---|"]
+    lines = ["| system @ origin | lists/s | p50 ms | p99 ms | x direct | s3proxy CPU ms/list | first list ms |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         d = _find(rows, system="direct", origin=r["origin"])
         q = _ratio(r, d, "lists_s") if r["system"] != "direct" else None
         if r.get("error"):
-            lines.append(f"| {r['system']} @ {r['origin']} | error: {r['error']} | | | | |")
+            lines.append(f"| {r['system']} @ {r['origin']} | error: {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['system']} @ {r['origin']} | {_fmt(r['lists_s'], 1)} | {_fmt(r['p50_ms'], 1)} | "
-                     f"{_fmt(r['p99_ms'], 1)} | {_fmt(q, 2) if q else '-'} | {_fmt(r.get('proxy_cpu_ms_per_list'), 1)} |")
+                     f"{_fmt(r['p99_ms'], 1)} | {_fmt(q, 2) if q else '-'} | {_fmt(r.get('proxy_cpu_ms_per_list'), 1)} | "
+                     f"{_fmt(r.get('first_ms'), 1)} |")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import _default_expect_handler
 
 from s3proxy.aws.errors import S3Error, error_xml
+from s3proxy.backend import names_keys
 from s3proxy.backend.client import BackendBusy, BackendClient
 from s3proxy.config import Settings
 from s3proxy.http.auth import authenticate
@@ -314,6 +315,8 @@ def build_app(settings: Settings, *, keys: Any = None) -> web.Application:
         settings=settings, backend=BackendClient(settings.backend), keys=keys, metrics=metrics,
         limiter=Limiter(settings.limits, metrics.registry),
     )
+    # encrypted object names (docs/NAMES.md): the backend client maps the keys of such buckets
+    names_keys.register(app[STATE].backend, settings, keys)
     app.on_response_prepare.append(_mark_started)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_route("*", "/{tail:.*}", dispatch, expect_handler=_expect_handler)

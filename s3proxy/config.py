@@ -126,6 +126,17 @@ class S3ECSettings(_Model):
         return self
 
 
+class NameSettings(_Model):
+    """Encrypted object names (docs/NAMES.md): the backend sees only encrypted keys."""
+
+    encrypt: bool = False
+    # Length hiding: each segment is padded to a multiple of this many bytes (0: off).
+    pad_to: int = Field(0, ge=0, le=256)
+    # The most entries (keys and common prefixes) a listing reads from one level, or from a
+    # subtree without a delimiter, to return it in plaintext order; larger ones are refused.
+    max_level: int = Field(10_000, ge=1, le=1_000_000)
+
+
 class BucketSettings(_Model):
     mode: Literal["encrypt", "passthrough"] = "encrypt"
     # Serve objects that lack s3proxy metadata (written around the proxy) as
@@ -139,7 +150,37 @@ class BucketSettings(_Model):
     # MD5 ETag) are stored encrypted inside the envelope; false writes v1 objects with user
     # metadata in plaintext on the backend (readable by either setting).
     seal_metadata: bool = True
+    # Object tags (docs/FORMAT.md 8 "t"): "plain" relays them to the backend, where lifecycle
+    # and replication rules can filter on them; "sealed" keeps them inside the sealed block
+    # (the backend sees none; tagging calls cost a metadata-only self-copy).  Needs seal_metadata.
+    tags: Literal["plain", "sealed"] = "plain"
+    # System headers kept inside the sealed block ("h") instead of on the backend (which then
+    # serves application/octet-stream and no disposition or language).  Empty by default:
+    # presigned browser downloads need the backend to serve Content-Type itself.
+    seal_headers: tuple[Literal["content-type", "content-disposition", "content-language"], ...] = ()
     s3ec: S3ECSettings = S3ECSettings()
+    names: NameSettings = NameSettings()  # encrypted object names (issue 15 item 3, docs/NAMES.md)
+
+    @field_validator("seal_headers", mode="before")
+    @classmethod
+    def _header_names(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list | tuple):
+            return tuple(dict.fromkeys(h.strip().lower() if isinstance(h, str) else h for h in v))
+        return v
+
+    @model_validator(mode="after")
+    def _sealing_needs_v2(self) -> BucketSettings:
+        if (self.tags == "sealed" or self.seal_headers) and (self.mode != "encrypt" or not self.seal_metadata):
+            raise ValueError("tags: sealed and seal_headers need mode: encrypt and seal_metadata: true (the sealed block)")
+        return self
+
+    @model_validator(mode="after")
+    def _names_need_encryption(self) -> BucketSettings:
+        if self.names.encrypt and self.mode != "encrypt":
+            raise ValueError("names.encrypt needs mode: encrypt (the proxy lists and maps the names)")
+        return self
 
     def allows_unencrypted(self, key: str | None) -> bool:
         """Whether an object at ``key`` that has no s3proxy envelope is served as plaintext."""

@@ -89,6 +89,13 @@ class Migrator(BulkJob):
     async def prepare(self) -> None:
         if self.settings.bucket(self.bucket).mode != "encrypt":
             raise SetupError(f"bucket {self.bucket!r} is configured as passthrough: the proxy would not encrypt it")
+        if self.settings.bucket(self.bucket).names.encrypt:
+            # In place is impossible: the proxy would store each object under its encrypted name, next
+            # to the plaintext one (docs/NAMES.md: copy the objects in through the proxy instead).
+            raise SetupError(f"bucket {self.bucket!r} has encrypted names (names.encrypt): migrate encrypts "
+                             "objects in place, under their plaintext names, and cannot rename them; copy the "
+                             "objects in through the proxy instead (aws s3 sync / rclone copy from the "
+                             "storage to the proxy), then delete the plaintext ones")
         if self.conditional == "auto" and not self.dry_run:
             put, complete = await self._probes()
             self.use_if_match, self.complete_if_match = put, put and complete

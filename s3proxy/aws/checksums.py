@@ -31,7 +31,10 @@ from awscrt import checksums as _crt
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.sigv4 import wire_text
 
-__all__ = ["ALGORITHMS", "ChecksumError", "Checker", "digest_b64", "etag_from_md5", "response_checksum", "stored_checksum"]
+__all__ = [
+    "ALGORITHMS", "ELEMENTS", "ChecksumError", "Checker", "Hasher", "combine_crcs", "decode_b64", "digest_b64", "etag_from_md5",
+    "multipart_checksum", "response_checksum", "stored_checksum", "upload_mode",
+]
 
 ALGORITHMS: Final = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -235,3 +238,84 @@ def etag_from_md5(content_md5: str | None) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return f'"{raw.hex()}"' if len(raw) == _SIZES["md5"] else None
+
+
+# -- multipart checksums (docs/FORMAT.md 8) ------------------------------------------------------
+
+# Which type each algorithm allows (S3: CRC64NVME is full-object only, SHA-1/SHA-256 composite only).
+FULL_OBJECT_ALGORITHMS: Final = frozenset({"CRC32", "CRC32C", "CRC64NVME"})
+COMPOSITE_ALGORITHMS: Final = frozenset({"CRC32", "CRC32C", "SHA1", "SHA256"})
+ELEMENTS: Final = {"CRC32": "ChecksumCRC32", "CRC32C": "ChecksumCRC32C", "CRC64NVME": "ChecksumCRC64NVME",
+                   "SHA1": "ChecksumSHA1", "SHA256": "ChecksumSHA256"}
+
+
+def upload_mode(algorithm: str | None, checksum_type: str | None) -> tuple[str, str] | None:
+    """(ALGORITHM, TYPE) of a CreateMultipartUpload's ``x-amz-checksum-algorithm`` and
+    ``x-amz-checksum-type``, or None without an algorithm; S3's defaults (FULL_OBJECT for
+    CRC64NVME, COMPOSITE otherwise) and its refusals (``InvalidRequest``)."""
+    alg = (algorithm or "").strip().upper()
+    typ = (checksum_type or "").strip().upper()
+    if not alg:
+        if typ:
+            raise ChecksumError("InvalidRequest", "The x-amz-checksum-type header can only be used with the x-amz-checksum-algorithm header.")
+        return None
+    if alg.lower() not in ALGORITHMS:
+        raise ChecksumError("InvalidRequest", "Checksum algorithm provided is unsupported. Please try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, SHA256]")
+    if not typ:
+        typ = "FULL_OBJECT" if alg == "CRC64NVME" else "COMPOSITE"
+    if typ not in ("FULL_OBJECT", "COMPOSITE"):
+        raise ChecksumError("InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
+    if alg not in (FULL_OBJECT_ALGORITHMS if typ == "FULL_OBJECT" else COMPOSITE_ALGORITHMS):
+        raise ChecksumError("InvalidRequest", f"The {typ} checksum type cannot be used with the {alg.lower()} checksum algorithm.")
+    return alg, typ
+
+
+class Hasher:
+    """One algorithm's running digest of a plaintext (a part the client sent without a checksum)."""
+
+    def __init__(self, algorithm: str) -> None:
+        self.algorithm = algorithm.upper()
+        self._digest = _new_digest(self.algorithm.lower())
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        self._digest.update(data if isinstance(data, bytes | memoryview) else memoryview(data))
+
+    def digest(self) -> bytes:
+        return self._digest.digest()
+
+
+def decode_b64(algorithm: str, value: str) -> bytes | None:
+    """The raw digest of a base64 ``algorithm`` value, or None when it is not one."""
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == _SIZES.get(algorithm.lower(), -1) else None
+
+
+def combine_crcs(algorithm: str, parts: Sequence[tuple[bytes, int]]) -> bytes:
+    """The CRC of the concatenation of parts given as (raw big-endian CRC, length): the
+    FULL_OBJECT value of a multipart upload (awscrt's GF(2) combine; no byte is read again)."""
+    alg = algorithm.upper()
+    combine = {"CRC32": _crt.combine_crc32, "CRC32C": _crt.combine_crc32c, "CRC64NVME": _crt.combine_crc64nvme}[alg]
+    size = _SIZES[alg.lower()]
+    crc = None
+    for raw, length in parts:
+        value = int.from_bytes(raw, "big")
+        crc = value if crc is None else combine(crc, value, length)
+    return (crc or 0).to_bytes(size, "big")
+
+
+def multipart_checksum(algorithm: str, checksum_type: str, parts: Sequence[tuple[bytes, int]]) -> dict[str, str]:
+    """The object's record ``{"alg", "v", "type"}`` from its parts' (raw digest, plaintext length):
+    COMPOSITE = the algorithm over the concatenated part digests, base64 + ``-N``;
+    FULL_OBJECT = the combined CRC (base64)."""
+    alg = algorithm.upper()
+    if checksum_type == "FULL_OBJECT":
+        value = base64.b64encode(combine_crcs(alg, parts)).decode("ascii")
+    else:
+        d = _new_digest(alg.lower())
+        for raw, _ in parts:
+            d.update(raw)
+        value = base64.b64encode(d.digest()).decode("ascii") + f"-{len(parts)}"
+    return {"alg": alg, "v": value, "type": checksum_type}

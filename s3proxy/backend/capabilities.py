@@ -3,7 +3,7 @@
 ``probe(client, bucket)`` writes a few scratch objects under ``.s3proxy-probe/<random>/`` in
 one bucket the operator named (``backend.probe_bucket`` or ``s3proxy doctor --bucket``), asks
 the backend a fixed list of questions and deletes everything it created, also on failure or
-timeout (versions and unfinished uploads included).  About 45 small requests, a few KiB
+timeout (versions and unfinished uploads included).  About 50 small requests, a few KiB
 of random bytes, bounded by ``timeout`` seconds overall and ``request_timeout`` per request.
 A question whose requests time out or fail is ``unknown``; the probe never raises.
 
@@ -36,10 +36,20 @@ from xml.sax.saxutils import escape, unescape
 import aiohttp
 
 from s3proxy.backend.client import BackendClient
-from s3proxy.backend.profiles import CAPABILITIES, PROFILES, Capabilities, Finding, Value, finding, from_profile
+from s3proxy.backend.profiles import (
+    CAPABILITIES,
+    COPY_IF_MATCH,
+    PROFILES,
+    Capabilities,
+    Finding,
+    Value,
+    copies_pinned,
+    finding,
+    from_profile,
+)
 
-__all__ = ["CAPABILITIES", "PROFILES", "CapabilityWatch", "Capabilities", "Finding", "Value", "from_profile",
-           "log_fields", "new_prefix", "probe", "remove_prefix"]
+__all__ = ["CAPABILITIES", "COPY_IF_MATCH", "PROFILES", "CapabilityWatch", "Capabilities", "Finding", "Value",
+           "copies_pinned", "from_profile", "log_fields", "new_prefix", "probe", "remove_prefix"]
 
 PROBE_PREFIX = ".s3proxy-probe/"
 BODY_LIMIT = 1 << 16
@@ -243,6 +253,18 @@ async def _check_conditional_put(p: _Probe) -> dict[str, Finding]:
     return out
 
 
+async def _check_copy_if_match(p: _Probe) -> dict[str, Finding]:
+    """A copy with a wrong source ETag, a right one (it creates the destination), a wrong destination ETag."""
+    src, wrong = BackendClient.copy_source(p.bucket, p.key("base")), '"00000000000000000000000000000000"'
+    for header, etag, want in (("x-amz-copy-source-if-match", wrong, 412), ("x-amz-copy-source-if-match", p.base_etag, 200),
+                               ("If-Match", wrong, 412)):
+        a = await p.send("PUT", p.key("cpm"), headers={"x-amz-copy-source": src, header: etag})
+        if a.status != want:
+            return {COPY_IF_MATCH: finding("no", f"CopyObject with {'a wrong' if want == 412 else 'the right'} {header} "
+                                           + ("copied" if a.status == 200 else _refused(a)))}
+    return {COPY_IF_MATCH: finding("yes", "412 on a mismatching source or destination ETag, 200 on a match")}
+
+
 async def _check_multipart(p: _Probe) -> dict[str, Finding]:
     upload_id = await p.create_upload("mp")
     if upload_id is None:
@@ -387,6 +409,7 @@ _CHECKS: tuple[tuple[tuple[str, ...], Check], ...] = (
     (("min_part_size",), _check_min_part_size),
     (("put_if_none_match", "put_if_match"), _check_conditional_put),
     (("complete_if_none_match",), _check_conditional_complete),
+    ((COPY_IF_MATCH,), _check_copy_if_match),
     (("versioning", "tagging", "object_attributes"), _check_bucket_features),
     (("checksums", "checksum_mode"), _check_checksums),
     (("user_metadata",), _check_metadata),

@@ -23,7 +23,8 @@ import ssl
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from urllib.parse import quote, urlsplit
+from typing import Protocol
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from yarl import URL
@@ -90,8 +91,26 @@ def _quote_q(s: str) -> str:
     return quote(s, safe="-_.~")
 
 
+class NameMapper(Protocol):
+    """Encrypted object names (s3proxy.backend.names_keys): a bucket's stored key for a plaintext key."""
+
+    async def stored_key(self, bucket: str | None, key: str) -> str: ...
+
+
+def split_copy_source(source: str) -> tuple[str, str, str]:
+    """``/bucket/key?versionId=v`` (as ``copy_source`` writes it) -> bucket, key, the ``?...`` tail."""
+    path, q, tail = source.partition("?")
+    bucket, _, key = path.lstrip("/").partition("/")
+    return unquote(bucket), unquote(key), q + tail
+
+
 class BackendClient:
-    """Talks S3 to the storage backend on behalf of every client."""
+    """Talks S3 to the storage backend on behalf of every client.
+
+    With ``names`` set (encrypted object names, registered at start-up), every key sent --
+    the path's and ``x-amz-copy-source``'s -- is the stored key of the plaintext key the
+    caller gives; ``raw_key=True`` sends a key as it is (one read from the backend's listing).
+    """
 
     def __init__(self, settings: BackendSettings) -> None:
         self.settings = settings
@@ -105,6 +124,8 @@ class BackendClient:
         )
         self._session: aiohttp.ClientSession | None = None
         self.requests_sent = 0  # for tests and metrics
+        self.names: NameMapper | None = None  # set by s3proxy.backend.names_keys.register
+        self.names_registered = False
 
     async def start(self) -> None:
         ssl_ctx: ssl.SSLContext | bool = True
@@ -170,12 +191,19 @@ class BackendClient:
         body: bytes | AsyncIterable[bytes | bytearray | memoryview] | None = None,
         content_length: int | None = None,
         credentials: BackendCredentials | None = None,
+        raw_key: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send one signed request; the caller reads and releases the response."""
         assert self._session is not None, "BackendClient.start() not called"
         creds = credentials or REQUEST_CREDENTIALS.get() or self.credentials
-        path = self.path_for(bucket, key)
         hdrs: dict[str, str] = {k.lower(): v for k, v in headers.items()} if headers else {}
+        if self.names is not None:
+            if key is not None and not raw_key:
+                key = await self.names.stored_key(bucket, key)
+            if "x-amz-copy-source" in hdrs:
+                sb, sk, tail = split_copy_source(hdrs["x-amz-copy-source"])
+                hdrs["x-amz-copy-source"] = self.copy_source(sb, await self.names.stored_key(sb, sk)) + tail
+        path = self.path_for(bucket, key)
         hdrs.pop("content-length", None)  # set below from the body; never signed
         hdrs["host"] = self._host
         length: str | None = None

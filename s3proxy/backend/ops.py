@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from s3proxy.backend.client import BackendClient, BackendCredentials
 from s3proxy.crypto import streams
 from s3proxy.crypto.errors import FormatError
 from s3proxy.crypto.k_table import table_from_sizes
+from s3proxy.crypto.objectinfo import parts_from_etag
 
 __all__ = [
     "ATTEMPTS", "BACKEND_SSE_HEADERS", "KEPT_HEADERS", "RETRY_STATUSES", "TRANSIENT_CODES", "ListedObject",
@@ -70,8 +70,6 @@ BACKEND_SSE_HEADERS = (
     "x-amz-server-side-encryption-bucket-key-enabled",
 )
 
-_ETAG_PARTS = re.compile(r"-([0-9]{1,5})\"?$")  # at most 10,000 parts
-
 
 class OpError(Exception):
     """A backend operation failed; the message says why (never key material)."""
@@ -104,12 +102,6 @@ class ListedObject:
 
 
 # -- small parsers ------------------------------------------------------------------------------
-
-
-def parts_from_etag(etag: str | None) -> int | None:
-    """The part count of a multipart ETag (``"...-N"``), None for any other ETag."""
-    m = _ETAG_PARTS.search((etag or "").strip())
-    return int(m.group(1)) if m else None
 
 
 def quoted(etag: str) -> str:

@@ -26,6 +26,7 @@ CAPABILITIES: tuple[str, ...] = (
     "put_if_none_match",   # PUT with If-None-Match: * fails (412) when the key exists
     "put_if_match",        # PUT with If-Match: <etag> is checked (412 on a mismatch)
     "complete_if_none_match",  # CompleteMultipartUpload with If-None-Match: * is checked
+    "copy_if_match",  # CopyObject checks x-amz-copy-source-if-match and the destination If-Match (412)
     "versioning",          # GetBucketVersioning answers (the status is in the reason)
     "tagging",             # object tagging stored and returned
     "object_attributes",   # GetObjectAttributes
@@ -62,6 +63,17 @@ class Capabilities:
         return self.source != "probe" or self.value("put_get") != "unknown"
 
 
+# CopyObject checks ``x-amz-copy-source-if-match`` and the destination's ``If-Match`` (412 on a
+# mismatch): the proxy's self-copies (sealed re-tagging, a trailing checksum) rely on both.
+COPY_IF_MATCH = "copy_if_match"
+
+
+def copies_pinned(caps: Capabilities | None) -> bool:
+    """Whether self-copies may rely on COPY_IF_MATCH: not where it is known missing (unknown:
+    yes, as AWS, MinIO and Ceph document it; a probe or profile that says "no" turns them off)."""
+    return caps is None or caps.value(COPY_IF_MATCH) != "no"
+
+
 def finding(value: Value, reason: str, amount: int | None = None) -> Finding:
     return Finding(value, reason, amount)
 
@@ -79,6 +91,7 @@ _AWS: dict[str, Finding] = {
     "tagging": finding("yes", "S3 API"), "object_attributes": finding("yes", "S3 API"), "checksums": finding("yes", "S3 API"),
     "checksum_mode": finding("yes", "S3 API"), "user_metadata": finding("yes", "2 KB of user metadata", 2048),
     "metadata_persistent": finding("yes", "stored with the object"),
+    "copy_if_match": finding("yes", "x-amz-copy-source-if-match; If-Match on CopyObject (conditional writes)"),
 }
 
 
@@ -89,11 +102,11 @@ def _profile(base: Mapping[str, Finding], **over: Finding) -> dict[str, Finding]
 PROFILES: dict[str, dict[str, Finding]] = {
     "aws": _AWS,
     "minio": _profile(
-        _AWS, complete_if_none_match=finding("unknown", "not documented"),
+        _AWS, copy_if_match=finding("unknown", "destination If-Match on CopyObject not documented"), complete_if_none_match=finding("unknown", "not documented"),
         put_if_match=finding("unknown", "not documented for PUT"), put_if_none_match=finding("unknown", "not documented for PUT"),
     ),
     "ceph": _profile(
-        _AWS, put_if_none_match=finding("unknown", "release dependent"), put_if_match=finding("unknown", "release dependent"),
+        _AWS, copy_if_match=finding("unknown", "destination If-Match on CopyObject not documented"), put_if_none_match=finding("unknown", "release dependent"), put_if_match=finding("unknown", "release dependent"),
         complete_if_none_match=finding("unknown", "release dependent"),
         object_attributes=finding("unknown", "release dependent (Squid and later)"),
         checksums=finding("unknown", "release dependent"), checksum_mode=finding("unknown", "release dependent"),
@@ -110,6 +123,7 @@ PROFILES: dict[str, dict[str, Finding]] = {
         "min_part_size": finding("no", "not enforced"),
         "put_if_none_match": finding("no", "ignored"), "put_if_match": finding("no", "ignored"),
         "complete_if_none_match": finding("no", "ignored"),
+        "copy_if_match": finding("unknown", "not documented"),
         "versioning": finding("yes", "GetBucketVersioning answers; versioning is not supported"),
         "tagging": finding("no", "not a supported operation"),
         "object_attributes": finding("no", "not a supported operation"),
@@ -119,14 +133,14 @@ PROFILES: dict[str, dict[str, Finding]] = {
         "metadata_persistent": finding("no", "metadata other than mtime is kept in memory only"),
     },
     "garage": _profile(
-        _AWS, versioning=finding("no", "GetBucketVersioning is a stub"), tagging=finding("no", "not implemented (501)"),
+        _AWS, copy_if_match=finding("unknown", "destination If-Match on CopyObject not documented"), versioning=finding("no", "GetBucketVersioning is a stub"), tagging=finding("no", "not implemented (501)"),
         object_attributes=finding("no", "not implemented (501)"), put_if_none_match=finding("unknown", "not documented"),
         put_if_match=finding("unknown", "not documented"), complete_if_none_match=finding("unknown", "not documented"),
         checksums=finding("unknown", "release dependent"), checksum_mode=finding("unknown", "release dependent"),
         min_part_size=finding("unknown", "not documented"), user_metadata=finding("unknown", "limit not documented"),
     ),
     "seaweedfs": _profile(
-        _AWS, put_if_none_match=finding("unknown", "release dependent"), put_if_match=finding("unknown", "release dependent"),
+        _AWS, copy_if_match=finding("unknown", "destination If-Match on CopyObject not documented"), put_if_none_match=finding("unknown", "release dependent"), put_if_match=finding("unknown", "release dependent"),
         complete_if_none_match=finding("unknown", "release dependent"), object_attributes=finding("unknown", "not documented"),
         checksums=finding("unknown", "not documented"), checksum_mode=finding("unknown", "not documented"),
         min_part_size=finding("unknown", "not documented"), versioning=finding("unknown", "release dependent"),

@@ -2,10 +2,9 @@
 
 An ``Envelope`` holds the format version, the layout, the ``object_id``,
 the wrapped DEK, the encryption context the wrap used, the
-placement-binding MAC and (version 2) the sealed block: the client's user
-metadata, the verified checksum and the client-facing ETag, encrypted under
-a key derived from the DEK with the binding as associated data
-(``SealContents``, ``open_seal``). It is encoded as user metadata under the
+placement-binding MAC and (version 2) the sealed block (``crypto.seal``: user
+metadata, sealed headers and tags, checksum, client-facing ETag), encrypted
+under a key derived from the DEK with the binding as associated data. It is encoded as user metadata under the
 reserved prefix ``s3proxy-`` and as a compact upload token appended to
 multipart UploadIds. Pure: no I/O, no asyncio.
 """
@@ -20,14 +19,12 @@ import os
 import re
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Final, Literal, NamedTuple, cast
 from urllib.parse import quote, unquote
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from s3proxy.crypto.errors import (
@@ -35,34 +32,17 @@ from s3proxy.crypto.errors import (
     InvalidUploadToken,
     MalformedMetadata,
     MetadataTooLarge,
-    SealAuthenticationFailed,
     UnsupportedFormatVersion,
 )
 from s3proxy.crypto.format import FORMAT_VERSION, OBJECT_ID_SIZE, Buffer, _check_dek
+from s3proxy.crypto.seal import SEAL_OVERHEAD, SealContents, open_block, seal_block, sealed_size
 from s3proxy.keys.base import WrappedKey
 
 __all__ = [
-    "ENVELOPE_KEYS",
-    "METADATA_BUDGET",
-    "RESERVED_PREFIX",
-    "SEALED_VERSION",
-    "USER_METADATA_LIMIT",
-    "EncryptionContext",
-    "Envelope",
-    "Layout",
-    "SealContents",
-    "UploadToken",
-    "decode_metadata",
-    "decode_upload_token",
-    "encode_metadata",
-    "encode_upload_token",
-    "is_reserved",
-    "make_envelope",
-    "new_object_id",
-    "open_seal",
-    "rebind",
-    "verify_binding",
-    "verify_upload_token",
+    "ENVELOPE_KEYS", "METADATA_BUDGET", "RESERVED_PREFIX", "SEALED_VERSION", "USER_METADATA_LIMIT",
+    "EncryptionContext", "Envelope", "Layout", "SealContents", "UploadToken", "decode_metadata",
+    "decode_upload_token", "encode_metadata", "encode_upload_token", "is_reserved", "make_envelope",
+    "new_object_id", "open_seal", "rebind", "verify_binding", "verify_upload_token",
 ]
 
 Layout = Literal["S", "K"]
@@ -80,9 +60,6 @@ ENVELOPE_KEYS: Final = (*V1_KEYS, META_SEAL)  # every key of any envelope versio
 METADATA_BUDGET: Final = 1536  # v1: bytes of keys + values (without "x-amz-meta-")
 USER_METADATA_LIMIT: Final = 2048  # S3's limit on user metadata (names + values), the client's and the backend's
 SEALED_VERSION: Final = 2  # envelope version with the sealed block (FORMAT.md 8)
-SEAL_LABEL: Final = b"s3proxy.dev/seal@v2"
-SEAL_SALT_SIZE: Final = 24
-SEAL_OVERHEAD: Final = SEAL_SALT_SIZE + 16  # salt + GCM tag
 
 BINDING_LABEL: Final = b"s3proxy.dev/binding@v1"
 BINDING_SIZE: Final = 32
@@ -220,78 +197,13 @@ class Envelope:
     seal: bytes = b""
 
 
-_CHECKSUM_MEMBERS: Final = frozenset(("alg", "v", "type"))
-
-
-@dataclass(frozen=True, slots=True)
-class SealContents:
-    """The plaintext of a v2 sealed block (FORMAT.md 8).
-
-    ``meta``: the client's user metadata (names lower case, without ``x-amz-meta-``);
-    ``checksum``: the verified plaintext checksum ``{"alg", "v", "type"}``;
-    ``etag``: the client-facing ETag (quoted MD5 of the plaintext of a single PUT);
-    ``manifest``: the object promises a completeness manifest (``"mf": 1``, multipart only).
-    """
-
-    meta: Mapping[str, str] = field(default_factory=dict)
-    checksum: Mapping[str, str] | None = None
-    etag: str | None = None
-    manifest: bool = False
-
-    def encode(self) -> bytes:
-        """Canonical JSON: keys sorted, no whitespace, ASCII only (``\\uXXXX`` escapes), empty members omitted."""
-        obj: dict[str, object] = {}
-        if self.meta:
-            obj["m"] = dict(self.meta)
-        if self.checksum is not None:
-            obj["c"] = dict(self.checksum)
-        if self.etag is not None:
-            obj["e"] = self.etag
-        if self.manifest:
-            obj["mf"] = 1
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-    @classmethod
-    def decode(cls, data: bytes) -> SealContents:
-        """The inverse of ``encode``; anything else (unknown members included) is ``MalformedMetadata``."""
-        try:
-            obj = json.loads(data.decode("ascii"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise MalformedMetadata("sealed block is not JSON") from None
-        if not isinstance(obj, dict) or not set(obj) <= {"m", "c", "e", "mf"}:
-            raise MalformedMetadata("sealed block has unknown members")
-        meta, checksum, etag = obj.get("m", {}), obj.get("c"), obj.get("e")
-        mf = obj.get("mf")
-        if mf is not None and not (type(mf) is int and mf == 1):
-            raise MalformedMetadata("sealed manifest promise must be 1")
-        if not _str_map(meta) or (checksum is not None and not (_str_map(checksum) and set(checksum) == _CHECKSUM_MEMBERS)):
-            raise MalformedMetadata("sealed block members must be maps of strings")
-        if etag is not None and not isinstance(etag, str):
-            raise MalformedMetadata("sealed ETag must be a string")
-        contents = cls(meta, checksum, etag, mf is not None)
-        if contents.encode() != data:
-            raise MalformedMetadata("sealed block is not canonical JSON")
-        return contents
-
-
-def _str_map(obj: object) -> bool:
-    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items())
-
-
 def _lp(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
 def _binding_mac(
-    dek: Buffer,
-    version: int,
-    layout: Layout,
-    object_id: bytes,
-    wrapped: WrappedKey,
-    context: EncryptionContext,
-    bucket: str,
-    key: str,
-    seal_size: int = 0,
+    dek: Buffer, version: int, layout: Layout, object_id: bytes, wrapped: WrappedKey, context: EncryptionContext,
+    bucket: str, key: str, seal_size: int = 0,
 ) -> bytes:
     _check_dek(dek)
     mac_key = HKDFExpand(hashes.SHA512(), 32, BINDING_LABEL).derive(dek)
@@ -314,33 +226,16 @@ def _binding_mac(
     return hmac.new(mac_key, msg, sha256).digest()
 
 
-def _seal_cipher(dek: Buffer, salt: bytes) -> tuple[AESGCM, bytes]:
-    okm = HKDFExpand(hashes.SHA512(), 44, SEAL_LABEL + salt).derive(dek)
-    return AESGCM(okm[:32]), okm[32:]
-
-
 def _build(
-    dek: Buffer,
-    layout: Layout,
-    object_id: bytes,
-    wrapped: WrappedKey,
-    context: EncryptionContext,
-    bucket: str,
-    key: str,
-    sealed: SealContents | None,
-    seal_salt: bytes | None,
+    dek: Buffer, layout: Layout, object_id: bytes, wrapped: WrappedKey, context: EncryptionContext,
+    bucket: str, key: str, sealed: SealContents | None, seal_salt: bytes | None,
 ) -> Envelope:
     if sealed is None:
         binding = _binding_mac(dek, FORMAT_VERSION, layout, object_id, wrapped, context, bucket, key)
         return Envelope(FORMAT_VERSION, layout, object_id, wrapped, context, binding)
-    salt = os.urandom(SEAL_SALT_SIZE) if seal_salt is None else bytes(seal_salt)
-    if len(salt) != SEAL_SALT_SIZE:
-        raise ValueError(f"seal salt must be {SEAL_SALT_SIZE} bytes")
-    plaintext = sealed.encode()
-    size = len(plaintext) + SEAL_OVERHEAD
+    size = sealed_size(sealed)
     binding = _binding_mac(dek, SEALED_VERSION, layout, object_id, wrapped, context, bucket, key, size)
-    aead, nonce = _seal_cipher(dek, salt)
-    seal = salt + aead.encrypt(nonce, plaintext, binding)
+    seal = seal_block(dek, sealed, binding, seal_salt)
     return Envelope(SEALED_VERSION, layout, object_id, wrapped, context, binding, seal)
 
 
@@ -350,15 +245,7 @@ def open_seal(env: Envelope, dek: Buffer) -> SealContents | None:
     another object (another binding) is ``SealAuthenticationFailed``."""
     if env.version < SEALED_VERSION:
         return None
-    _check_dek(dek)
-    if len(env.seal) < SEAL_OVERHEAD:
-        raise SealAuthenticationFailed("sealed block too short")
-    aead, nonce = _seal_cipher(dek, env.seal[:SEAL_SALT_SIZE])
-    try:
-        plaintext = aead.decrypt(nonce, env.seal[SEAL_SALT_SIZE:], env.binding)
-    except InvalidTag:
-        raise SealAuthenticationFailed("sealed metadata does not authenticate") from None
-    return SealContents.decode(plaintext)
+    return open_block(dek, env.seal, env.binding)
 
 
 def _check_layout(layout: str) -> Layout:
@@ -368,16 +255,8 @@ def _check_layout(layout: str) -> Layout:
 
 
 def make_envelope(
-    dek: Buffer,
-    layout: Layout,
-    object_id: bytes,
-    wrapped: WrappedKey,
-    context: Mapping[str, str],
-    bucket: str,
-    key: str,
-    *,
-    sealed: SealContents | None = None,
-    seal_salt: bytes | None = None,
+    dek: Buffer, layout: Layout, object_id: bytes, wrapped: WrappedKey, context: Mapping[str, str],
+    bucket: str, key: str, *, sealed: SealContents | None = None, seal_salt: bytes | None = None,
 ) -> Envelope:
     """The envelope for a new object at ``bucket``/``key``, binding computed: version 1, or
     version 2 with ``sealed`` encrypted into its sealed block (``seal_salt``: for test vectors)."""
@@ -397,15 +276,8 @@ def verify_binding(env: Envelope, dek: Buffer, bucket: str, key: str) -> None:
 
 
 def rebind(
-    env: Envelope,
-    dek: Buffer,
-    bucket: str,
-    key: str,
-    wrapped: WrappedKey | None = None,
-    context: Mapping[str, str] | None = None,
-    *,
-    sealed: SealContents | None = None,
-    seal_salt: bytes | None = None,
+    env: Envelope, dek: Buffer, bucket: str, key: str, wrapped: WrappedKey | None = None,
+    context: Mapping[str, str] | None = None, *, sealed: SealContents | None = None, seal_salt: bytes | None = None,
 ) -> Envelope:
     """The envelope for a copy at ``bucket``/``key`` and/or a re-wrapped DEK.
 

@@ -11,8 +11,10 @@ delimiter listing of a "directory" still map to one backend request:
   same segment under the same parent always encrypts the same way (that is what
   makes lookups possible) and any change to a stored segment fails to decrypt.
 - The associated data binds a segment to its bucket and to its plaintext parent
-  path, so equal names in different directories do not look equal, and a stored
-  segment cannot be moved under another parent or into another bucket.
+  path (every segment before it, each followed by ``/``: ``""`` at the top, ``"a/"``
+  under ``a``, ``"/"`` under an empty first segment), so equal names in different
+  directories do not look equal, and a stored segment cannot be moved under another
+  parent, to another depth, or into another bucket.
 - ``pad`` (optional, per bucket) hides the segment length up to a multiple of
   ``pad_to`` bytes (ISO/IEC 7816-4 padding: 0x80 then zeros).
 - The ``~`` marks an encrypted segment; base64url's alphabet is safe in S3 keys.
@@ -30,6 +32,7 @@ proxy keeps the wrapped form; see docs/NAMES.md).  Imports: ``cryptography`` onl
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -40,6 +43,7 @@ KEY_SIZE = 64
 MARK = "~"
 MAX_KEY_BYTES = 1024  # S3's limit on an object key, UTF-8
 LABEL = b"s3proxy.dev/names@v1"
+TOKEN_LABEL = b"s3proxy.dev/names-token@v1"
 
 
 class NamesError(ValueError):
@@ -99,13 +103,17 @@ class NameCipher:
         if self.pad_to < 0 or self.pad_to > 256:
             raise ValueError("pad_to must be between 0 and 256")
 
+    @functools.cached_property
+    def _siv(self) -> AESSIV:  # one key schedule per cipher, not per segment
+        return AESSIV(self.key)
+
     def _ad(self, parent: str) -> list[bytes]:
         return [LABEL, self.bucket.encode(), hashlib.sha256(parent.encode()).digest()]
 
     def encrypt_segment(self, segment: str, parent: str) -> str:
         if segment == "":
             return ""  # "a//b" and a trailing "/" keep their empty segments: S3 allows them
-        ct = AESSIV(self.key).encrypt(_pad(segment.encode(), self.pad_to), self._ad(parent))
+        ct = self._siv.encrypt(_pad(segment.encode(), self.pad_to), self._ad(parent))
         return MARK + _b64(ct)
 
     def decrypt_segment(self, stored: str, parent: str) -> str:
@@ -114,7 +122,7 @@ class NameCipher:
         if not stored.startswith(MARK):
             raise UndecryptableName("not an encrypted segment")
         try:
-            plain = AESSIV(self.key).decrypt(_unb64(stored[1:]), self._ad(parent))
+            plain = self._siv.decrypt(_unb64(stored[1:]), self._ad(parent))
         except InvalidTag:
             raise UndecryptableName("segment does not authenticate") from None
         try:
@@ -125,23 +133,29 @@ class NameCipher:
     def encrypt_key(self, key: str) -> str:
         """The stored key of a plaintext key; raises KeyTooLong past S3's limit."""
         out: list[str] = []
-        parent = ""
-        for i, seg in enumerate(key.split("/")):
+        parent = ""  # the plaintext path before the segment, each segment followed by "/"
+        for seg in key.split("/"):
             out.append(self.encrypt_segment(seg, parent))
-            parent = seg if i == 0 else parent + "/" + seg
+            parent += seg + "/"
         stored = "/".join(out)
         if len(stored.encode()) > MAX_KEY_BYTES:
             raise KeyTooLong(f"the encrypted key would be {len(stored.encode())} bytes (S3 allows {MAX_KEY_BYTES})")
         return stored
 
-    def decrypt_key(self, stored: str) -> str:
-        out: list[str] = []
-        parent = ""
-        for i, seg in enumerate(stored.split("/")):
-            plain = self.decrypt_segment(seg, parent)
-            out.append(plain)
-            parent = plain if i == 0 else parent + "/" + plain
-        return "/".join(out)
+    def decrypt_key(self, stored: str, memo: dict[str, str] | None = None) -> str:
+        """The plaintext key; ``memo`` (stored parent -> plaintext parent, filled as it goes) saves
+        decrypting the same parents again when many keys of one listing share them."""
+        head, sep, last = stored.rpartition("/")
+        if not sep:
+            return self.decrypt_segment(stored, "")
+        parent = memo.get(head) if memo is not None else None
+        if parent is None:
+            parent = ""
+            for seg in head.split("/"):
+                parent += self.decrypt_segment(seg, parent) + "/"
+            if memo is not None and len(memo) < 100_000:
+                memo[head] = parent
+        return parent + self.decrypt_segment(last, parent)
 
     def encrypt_prefix(self, prefix: str) -> str:
         """A listing prefix: "" or whole segments ending in "/"; anything else cannot be served."""
@@ -159,6 +173,20 @@ class NameCipher:
         if not stored.endswith("/"):
             raise UndecryptableName("a common prefix without its delimiter")
         return self.decrypt_key(stored[:-1]) + "/"
+
+    def seal_token(self, text: str) -> str:
+        """An opaque, authenticated listing continuation token for ``text`` (a plaintext key)."""
+        ct = self._siv.encrypt(text.encode(), [TOKEN_LABEL, self.bucket.encode()])
+        return MARK + _b64(ct)
+
+    def open_token(self, token: str) -> str:
+        """The key inside a token from ``seal_token``; UndecryptableName if forged or foreign."""
+        if not token.startswith(MARK):
+            raise UndecryptableName("not a continuation token of this bucket")
+        try:
+            return self._siv.decrypt(_unb64(token[1:]), [TOKEN_LABEL, self.bucket.encode()]).decode()
+        except (InvalidTag, UnicodeDecodeError):
+            raise UndecryptableName("not a continuation token of this bucket") from None
 
     def max_plaintext_segment(self) -> int:
         """The longest single-segment name (UTF-8 bytes) whose encryption fits S3's key limit."""

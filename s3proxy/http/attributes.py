@@ -9,14 +9,11 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from s3proxy.aws.errors import S3Error
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     SealContents,
 )
-from s3proxy.crypto.errors import (
-    FormatError,
-)
-from s3proxy.http import sse
+from s3proxy.http import manifests, sse
 from s3proxy.http.ctx import (
     Ctx,
     backend_error,
@@ -40,8 +37,11 @@ async def get_object_attributes(ctx: Ctx) -> web.StreamResponse:
         # attributes (sizes, part layout) only of an object whose envelope is bound here
         sealed = await unseal(ctx, head.headers, ctx.bucket, ctx.key, "GetObjectAttributes")
         if sealed is not None:
-            sealed.dek[:] = bytes(len(sealed.dek))
-            contents = sealed.contents
+            try:  # a multipart object's checksum is in its manifest (http/manifests.py)
+                asked = "checksum" in ctx.request.headers.get("x-amz-object-attributes", "").lower()
+                contents = await manifests.checksum_contents(ctx, ctx.bucket, env, sealed.dek, sealed.contents, wanted=asked)
+            finally:
+                sealed.dek[:] = bytes(len(sealed.dek))
     elif head.status == 200 and not ctx.bucket_settings.allows_unencrypted(ctx.key):
         raise unencrypted(ctx)
     query = list(ctx.route.query)
@@ -78,31 +78,24 @@ def rewrite_attributes(
         el = b"<Checksum><Checksum%s>%s</Checksum%s><ChecksumType>%s</ChecksumType></Checksum>" % (
             alg, escape(checksum["v"]).encode(), alg, escape(checksum["type"]).encode())
         xml = re.sub(rb"(<GetObjectAttributesResponse[^>]*>|<GetObjectAttributesOutput[^>]*>)", lambda m: m.group(1) + el, xml, count=1)
-    if layout == "K":
+    in_parts = objectinfo.in_parts(layout)
+    if in_parts:
         xml = re.sub(
             rb"<Part>(.*?)</Part>",
-            lambda m: b"<Part>" + SIZE_EL.sub(lambda s: b"<Size>%d</Size>" % (int(s.group(1)) - sizes.K_PART_OVERHEAD), m.group(1)) + b"</Part>",
+            lambda m: b"<Part>" + SIZE_EL.sub(lambda s: b"<Size>%d</Size>" % objectinfo.listed_part_size(int(s.group(1))), m.group(1)) + b"</Part>",
             xml,
             flags=re.S,
         )
     n_match = re.search(rb"<TotalPartsCount>(\d+)</TotalPartsCount>", xml)
     etag_match = ETAG_EL.search(xml)
+    pm = PARTS_RE.search(etag_match.group(1)) if etag_match else None
+    parts = n_match.group(1) if n_match else pm.group(1) if pm else None
 
     def size(m: re.Match[bytes]) -> bytes:
-        ct = int(m.group(1))
-        try:
-            if layout == "K":
-                if n_match:
-                    n = int(n_match.group(1))
-                else:
-                    pm = PARTS_RE.search(etag_match.group(1)) if etag_match else None
-                    if pm is None:
-                        return m.group(0)
-                    n = int(pm.group(1))
-                return b"<ObjectSize>%d</ObjectSize>" % sizes.k_object_plaintext_size(ct, n)
-            return b"<ObjectSize>%d</ObjectSize>" % sizes.s_plaintext_size(ct)
-        except FormatError:
-            return m.group(0)
+        if in_parts and parts is None:
+            return m.group(0)  # no part count: the stored size stays
+        plain = objectinfo.listed_size(int(m.group(1)), parts if in_parts else None)
+        return m.group(0) if plain is None else b"<ObjectSize>%d</ObjectSize>" % plain
 
     xml = re.sub(rb"<ObjectSize>(\d+)</ObjectSize>", size, xml)
     if etag is not None:  # last: the backend's "-N" above may count the parts

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 import aiohttp
@@ -21,7 +23,7 @@ from s3proxy.aws import xmlsafe
 from s3proxy.aws.copysource import parse_copy_source
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     SEALED_VERSION,
     Envelope,
@@ -32,7 +34,7 @@ from s3proxy.crypto.envelope import (
 from s3proxy.crypto.errors import (
     FormatError,
 )
-from s3proxy.http import sse
+from s3proxy.http import sse, tagging
 from s3proxy.http.ctx import (
     Ctx,
     backend_error,
@@ -40,7 +42,17 @@ from s3proxy.http.ctx import (
     read_at_most,
     response_headers,
 )
-from s3proxy.http.multipart import UPLOAD_ID, open_upload, part_number_arg, send_part, sse_headers_for_upload
+from s3proxy.http.multipart import (
+    UPLOAD_ID,
+    hashed,
+    open_upload,
+    part_hasher,
+    part_number_arg,
+    record_part,
+    send_part,
+    sse_headers_for_upload,
+    with_part_checksum,
+)
 from s3proxy.http.objects import (
     META,
     Sealed,
@@ -48,6 +60,7 @@ from s3proxy.http.objects import (
     client_etag,
     client_metadata,
     envelope_metadata,
+    integrity_error,
     mapped_conditions,
     opened_seal,
     read_envelope,
@@ -134,12 +147,20 @@ def check_self_copy(ctx: Ctx, src: CopySource) -> None:
 
 async def copy_object(ctx: Ctx) -> web.StreamResponse:
     src = await open_copy_source(ctx, "CopyObject")
+    with sse.held_dek(src.dek):  # the source's data key, zeroed when the copy is done
+        return await _copy_object(ctx, src)
+
+
+async def _copy_object(ctx: Ctx, src: CopySource) -> web.StreamResponse:
     check_self_copy(ctx, src)
     src_bucket, src_key, src_version, vq, head, env, src_dek = (
         src.bucket, src.key, src.version, src.vq, src.head, src.env, src.dek
     )
     directive = ctx.request.headers.get("x-amz-metadata-directive", "COPY").upper()
-    sealed = copy_seal(ctx, src, directive)
+    contents = opened_seal(ctx, env, src_dek)
+    tags = await copy_tags(ctx, src, contents)
+    dest_seals_tags = tagging.sealed(ctx.bucket_settings)
+    sealed = copy_seal(ctx, src, directive, contents, tags if dest_seals_tags else None)
     new_env = await sse.rewrap_for(ctx, env, src_dek, src_bucket, ctx.bucket, ctx.key, sealed=sealed)
     if directive == "REPLACE":
         headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"])
@@ -151,18 +172,29 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
         for k, v in forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-copy-source", "x-amz-metadata-directive"]).items():
             if k.startswith(("x-amz-tagging", "x-amz-storage-class", "x-amz-acl", "x-amz-grant", "x-amz-object-lock")):
                 headers[k] = v
-    if new_env.version >= SEALED_VERSION:  # the client's metadata is in the sealed block only
+    if new_env.version >= SEALED_VERSION:  # the client's metadata (sealed headers, tags) in the sealed block only
         headers = {k: v for k, v in headers.items() if not k.lower().startswith(META)}
+        headers = tagging.for_backend(ctx.bucket_settings, headers, sealed.headers if sealed is not None else ())
+    if tags is not None:  # a bucket that seals tags is involved: the proxy says what the backend keeps
+        headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-amz-tagging")}
+        headers[tagging.DIRECTIVE] = "REPLACE"
+        if tags and not dest_seals_tags:
+            headers[tagging.TAGGING] = tagging.to_header(tags)
     for k, v in envelope_metadata(new_env).items():
         headers[META + k] = v
     for k, v in src.conds.items():
         headers["x-amz-copy-source-" + k] = v
-    if env.layout == "K":
+    if objectinfo.in_parts(env.layout):  # copied part by part (its "-N" ETag and manifest stay)
         if sealed is not None and sealed.manifest:  # same object id and DEK: the same manifest
             from s3proxy.http import manifests
 
             await manifests.copy_manifest(ctx, src_bucket, env.object_id, src_dek)
-        return await copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers)
+        if tags is None:  # plain to plain: the request's tags (REPLACE) or the source's backend tags
+            replace = tag_directive(ctx) == "REPLACE"
+            mp_tags = headers.get(tagging.TAGGING) if replace else await _source_tagging(ctx, src_bucket, src_key, vq)
+        else:
+            mp_tags = headers.get(tagging.TAGGING)
+        return await copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers, mp_tags or None)
     headers["x-amz-copy-source"] = ctx.state.backend.copy_source(src_bucket, src_key, src_version)
     headers["x-amz-metadata-directive"] = "REPLACE"
     resp = await ctx.state.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
@@ -179,23 +211,50 @@ async def copy_object(ctx: Ctx) -> web.StreamResponse:
     return web.Response(status=200, body=body, headers=hdrs)
 
 
-def copy_seal(ctx: Ctx, src: CopySource, directive: str) -> SealContents | None:
-    """The sealed block of a copy: the source's metadata (COPY; from its sealed block or, for a
-    v1 source, its plaintext metadata) or the request's (REPLACE), with the source's checksum and
-    ETag (same plaintext).  None (a v1 copy) only when the source is v1 and the destination
-    bucket does not seal; a sealed source's metadata is never written back in plaintext."""
-    contents = opened_seal(ctx, src.env, src.dek)
+def copy_seal(
+    ctx: Ctx, src: CopySource, directive: str, contents: SealContents | None, tags: Mapping[str, str] | None
+) -> SealContents | None:
+    """The sealed block of a copy: the source's metadata and sealed headers (COPY; from its sealed
+    block or, for a v1 source, its plaintext metadata; plus the source's plaintext headers the
+    destination seals) or the request's (REPLACE), the ``tags`` when the destination seals tags,
+    and the source's checksum and ETag (same plaintext).  None (a v1 copy) only when the source is
+    v1 and the destination bucket does not seal; what a source sealed is never written back in
+    plaintext."""
+    settings = ctx.bucket_settings
     if directive == "REPLACE":
         meta = client_metadata(ctx.request.headers)
-    elif contents is not None:
-        meta = dict(contents.meta)
+        headers = tagging.sealed_headers(settings, ctx.request.headers)
     else:
-        meta = {k: v for k, v in user_metadata(src.head.headers).items() if not is_reserved(k)}
-    if contents is None and not ctx.bucket_settings.seal_metadata:
+        meta = dict(contents.meta) if contents is not None else {
+            k: v for k, v in user_metadata(src.head.headers).items() if not is_reserved(k)
+        }
+        headers = {**tagging.sealed_headers(settings, src.head.headers), **(contents.headers if contents else {})}
+    if contents is None and not settings.seal_metadata:
         return None
     if contents is None:
-        return SealContents(meta)
-    return SealContents(meta, contents.checksum, contents.etag, contents.manifest)
+        return SealContents(meta, tags=tags or {}, headers=headers)
+    return SealContents(meta, contents.checksum, contents.etag, contents.manifest, tags or {}, headers)
+
+
+def tag_directive(ctx: Ctx) -> str:
+    directive = ctx.request.headers.get(tagging.DIRECTIVE, "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown tagging directive.", 400)
+    return directive
+
+
+async def copy_tags(ctx: Ctx, src: CopySource, contents: SealContents | None) -> dict[str, str] | None:
+    """A copy's tags when a bucket that seals tags is involved (None: both keep tags plain, the
+    backend's copy carries them): the request's (directive REPLACE, checked as S3 does) or the
+    source's (COPY: its sealed ``"t"``, or its backend tags when its bucket keeps them plain)."""
+    src_seals = tagging.sealed(ctx.state.settings.bucket(src.bucket))
+    if not src_seals and not tagging.sealed(ctx.bucket_settings):
+        return None
+    if tag_directive(ctx) == "REPLACE":
+        return tagging.from_header(ctx.request.headers.get(tagging.TAGGING))
+    if src_seals:
+        return dict(contents.tags) if contents is not None else {}
+    return dict(parse_qsl(await _source_tagging(ctx, src.bucket, src.key, src.vq), keep_blank_values=True))
 
 
 def copy_result_xml(etag: str, last_modified: str, tag: str = "CopyObjectResult") -> bytes:
@@ -221,6 +280,11 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
     """Decrypt the source range and re-encrypt it as a part of this upload."""
     pn = part_number_arg(ctx)
     src = await open_copy_source(ctx, "UploadPartCopy")
+    with sse.held_dek(src.dek):  # the source's data key, zeroed when the part is sent
+        return await _upload_part_copy(ctx, pn, src)
+
+
+async def _upload_part_copy(ctx: Ctx, pn: int, src: CopySource) -> web.StreamResponse:
     src_bucket, src_key, vq, head, env, src_dek = src.bucket, src.key, src.vq, src.head, src.env, src.dek
     etag = head.headers.get("ETag", "")
     total = backend_length(head.headers)
@@ -230,18 +294,31 @@ async def upload_part_copy(ctx: Ctx) -> web.StreamResponse:
     up = await open_upload(ctx, "UploadPartCopy")
     plaintext = decrypt_range(ctx, Sealed(env, src_dek), table, total, start, end, etag, b"", vq, src_bucket, src_key)
     try:
+        hasher = await part_hasher(ctx, up, [])  # the upload's checksum algorithm, computed as S3 does
+        if hasher is not None:
+            plaintext = hashed(plaintext, hasher)
         resp = await send_part(ctx, up.backend_id, pn, up.dek, up.object_id, end - start, plaintext)
+        if resp.status != 200:
+            return await backend_error(ctx, resp)
+        await resp.read()
+        resp.release()
+        sums = await record_part(ctx, up, pn, resp.headers.get("ETag", ""), hasher)
+    except FormatError:
+        raise _source_integrity_error(ctx) from None
     finally:
         up.dek[:] = bytes(len(up.dek))
-    if resp.status != 200:
-        return await backend_error(ctx, resp)
-    await resp.read()
-    resp.release()
     hdrs = response_headers(resp.headers, ctx.request_id, drop=["etag", "content-type"])
     sse_headers_for_upload(ctx, hdrs, up.wrapped)
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    body = copy_result_xml(resp.headers.get("ETag", ""), now, "CopyPartResult")
+    body = with_part_checksum(copy_result_xml(resp.headers.get("ETag", ""), now, "CopyPartResult"), sums)
     return web.Response(status=200, body=body, headers=hdrs, content_type="application/xml")
+
+
+def _source_integrity_error(ctx: Ctx) -> S3Error:
+    """The copy source failed authentication while it was read (a tampered chunk, parts out of
+    order): the integrity error a GET of it answers, counted the same way."""
+    ctx.state.metrics.integrity_failures.inc()
+    return integrity_error()
 
 
 async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, str]]) -> str:
@@ -268,13 +345,19 @@ async def copy_multipart(
     env: Envelope,
     new_env: Envelope,
     headers: dict[str, str],
+    tags: str | None,
+    *,
+    if_match: str | None = None,
 ) -> web.StreamResponse:
     """Server-side copy of a K-layout object, part by part (keeps sizes exact).
 
     Part 1 is copied first: a backend without UploadPartCopy (rclone serve s3 answers 200 and
     stores an empty part; others a 4xx or 501) makes the copy fall back to decrypting and
     re-encrypting each part through the proxy, with the same part boundaries. Failures are
-    4xx, 501 or 503, never 500: clients retry a 500."""
+    4xx, 501 or 503, never 500: clients retry a 500.  ``tags``: the new object's
+    ``x-amz-tagging`` (a new upload starts untagged; None: no tags).  ``if_match``: the ETag
+    the destination must still have at Complete (a self-copy: 412 ``PreconditionFailed`` when
+    a write landed meanwhile, 404 ``NoSuchKey`` when a DELETE did)."""
     from multidict import CIMultiDictProxy
 
     assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
@@ -282,13 +365,10 @@ async def copy_multipart(
     total = backend_length(src_headers)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
     backend = ctx.state.backend
-    create_headers = {k: v for k, v in headers.items() if not k.startswith("x-amz-copy-source-if-")}
-    if ctx.request.headers.get("x-amz-tagging-directive", "COPY").upper() == "COPY":
-        # A new upload starts untagged; S3's CopyObject keeps the source's tags by default.
-        create_headers.pop("x-amz-tagging", None)
-        tags = await _source_tagging(ctx, src_bucket, src_key, vq)
-        if tags:
-            create_headers["x-amz-tagging"] = tags
+    create_headers = {k: v for k, v in headers.items()
+                      if not k.startswith("x-amz-copy-source-if-") and not k.startswith("x-amz-tagging")}
+    if tags:
+        create_headers[tagging.TAGGING] = tags
 
     async def create_upload() -> str | web.StreamResponse:
         resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
@@ -329,6 +409,8 @@ async def copy_multipart(
                 return xmlsafe.text(em.group(1).decode())
             if r.status == 412:
                 raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
+            if r.status == 404 and if_match and b"NoSuchUpload" not in data:  # a self-copy's object deleted meanwhile
+                raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
             if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
                 return None
             raise S3Error("ServiceUnavailable", f"server-side copy of part {i} failed ({r.status})", 503)
@@ -351,10 +433,15 @@ async def copy_multipart(
             etags = [first, *(e for e in rest if e is not None)]
         parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>" for i, e in enumerate(etags))
         xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml)
+        r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml,
+                                  headers={"if-match": if_match} if if_match else None)
         data = await read_at_most(r, 1 << 20)
         r.release()
         em = re.search(rb"<ETag>([^<]*)</ETag>", data)
+        if if_match and (r.status == 412 or b"<Code>PreconditionFailed</Code>" in data):
+            raise S3Error("PreconditionFailed", "The object changed during the copy.", 412)
+        if if_match and r.status == 404 and b"NoSuchUpload" not in data:
+            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
         if r.status != 200 or em is None:
             raise S3Error("ServiceUnavailable", f"completing the copy failed ({r.status})", 503)
     except BaseException:
@@ -377,14 +464,11 @@ async def _reencrypt_parts(
 ) -> list[str]:
     """Copy a K object's parts through the proxy: decrypt each source part (authenticated) and
     encrypt it again as the same-numbered part of ``upload_id``, streaming (bounded memory).
-    Same DEK and object id as the source (``rebind`` keeps both), same part sizes."""
+    Same DEK and object id as the source (``rebind`` keeps both), part sizes unchanged."""
     dek = await sse.unwrap(ctx, env, src_bucket, src_key, "CopyObject", copy_source=True)
     sealed = Sealed(env, dek)
     sem = asyncio.Semaphore(4)
-    spans, p_off = [], 0
-    for _, c in table:
-        spans.append((p_off, c - sizes.K_PART_OVERHEAD))
-        p_off += c - sizes.K_PART_OVERHEAD
+    spans = objectinfo.part_spans(table)
 
     async def one(pn: int, start: int, p: int) -> str:
         async with sem:
@@ -393,6 +477,8 @@ async def _reencrypt_parts(
                 r = await send_part(ctx, upload_id, pn, dek, env.object_id, p, plaintext, headers={})
             except aiohttp.ClientError as e:
                 raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
+            except FormatError:
+                raise _source_integrity_error(ctx) from None
             await r.read()
             r.release()
             e_tag = r.headers.get("ETag")

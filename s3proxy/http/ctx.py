@@ -133,18 +133,24 @@ def forward_headers(headers: Mapping[str, str], *, body_changed: bool, drop: Ite
     return out
 
 
+# Backend response headers that never reach a client as they are.
+_NOT_RELAYED = HOP_BY_HOP | {"x-amz-request-id", "server", "content-length"}
+
+
 def response_headers(
-    backend_headers: Mapping[str, str], request_id: str, *, hide_reserved: bool = True, drop: Iterable[str] = ()
+    backend_headers: Mapping[str, str], request_id: str, *, hide_reserved: bool = True, drop: Iterable[str] = (),
+    drop_prefixes: tuple[str, ...] = (),
 ) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    dropped = set(drop)
-    for name, value in backend_headers.items():
-        n = name.lower()
-        if n in HOP_BY_HOP or n in dropped or n in ("x-amz-request-id", "server", "content-length"):
-            continue
-        if hide_reserved and n.startswith(RESERVED_META):
-            continue
-        out.add(name, value)
+    """The backend's response headers a client gets: hop-by-hop headers, the backend's request
+    id, ``drop`` (lower-case names) and names starting with ``drop_prefixes`` (lower case)
+    removed, the proxy's reserved metadata hidden.  One pass, one set and one ``startswith``
+    per header (issue 11: this ran on every response)."""
+    skip = _NOT_RELAYED.union(drop) if drop else _NOT_RELAYED
+    prefixes = (RESERVED_META, *drop_prefixes) if hide_reserved else drop_prefixes
+    out: CIMultiDict[str] = CIMultiDict(
+        [(name, value) for name, value in backend_headers.items()
+         if (n := name.lower()) not in skip and not n.startswith(prefixes)]
+    )
     out["x-amz-request-id"] = request_id
     return out
 
@@ -208,6 +214,16 @@ class SendWatchdog:
 
 async def relay(ctx: Ctx, resp: aiohttp.ClientResponse, *, headers: CIMultiDict[str] | None = None) -> web.StreamResponse:
     """Stream a backend response to the client unchanged (re-headered)."""
+    if resp.status >= 400 and ctx.state.backend.names is not None and ctx.route.key is not None:
+        from s3proxy.backend.names_keys import plain_error
+
+        try:  # an error document names the stored key: the client gets the key it sent
+            data = await read_at_most(resp, 1 << 16)
+        finally:
+            resp.release()
+        hdrs = headers if headers is not None else response_headers(resp.headers, ctx.request_id)
+        body = await plain_error(ctx.state.backend, ctx.bucket, ctx.key, data) if ctx.request.method != "HEAD" else None
+        return web.Response(status=resp.status, reason=resp.reason, body=body, headers=hdrs)
     try:
         hdrs = headers if headers is not None else response_headers(resp.headers, ctx.request_id)
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=hdrs)

@@ -103,6 +103,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         from s3proxy.http import postobject
 
         return await postobject.post_object(Ctx(request, r, Caller(None, None), state))
+    if not state.backend.names_registered:  # normally done at start-up (app.build_app)
+        from s3proxy.backend import names_keys
+
+        names_keys.register(state.backend, state.settings, state.keys)
     caller = request.get(CALLER) or authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
@@ -110,7 +114,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http import attributes, copy, listing, multipart, objects, reads
+    from s3proxy.http import attributes, copy, listing, multipart, objects, reads, tagging_ops
 
     r, request = ctx.route, ctx.request
     if r.bucket is not None and r.key is not None:
@@ -120,7 +124,9 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
     bad = bad_number(r)
     if bad is not None:
         raise S3Error("InvalidArgument", f"{bad} must be a non-negative integer of ASCII digits.", 400)
-    _check_capability(ctx)
+    sealed_tagging = tagging_ops.handler_for(ctx)  # ?tagging on a bucket with tags: sealed
+    if sealed_tagging is None:  # sealed tags never reach the backend's tagging API
+        _check_capability(ctx)
     if not ctx.encrypted:
         return await passthrough(ctx)
     reason = unsupported_reason(r, request.method)
@@ -130,6 +136,8 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
         from s3proxy.http import sidecars
 
         return await sidecars.delete_bucket(ctx)  # the bucket's own manifests go with it
+    if sealed_tagging is not None:
+        return await sealed_tagging(ctx)
     table: dict[str, Handler] = {
         "PutObject": objects.put_object,
         "GetObject": reads.get_object,
@@ -149,7 +157,13 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
         "SelectObjectContent": _unsupported,
         "PostObject": _unsupported,
     }
-    return await table.get(r.op, passthrough)(ctx)
+    handler = table.get(r.op, passthrough)
+    if ctx.state.backend.names is not None:
+        from s3proxy.http import names_ops
+
+        if names_ops.active(ctx):  # encrypted object names: keys in XML documents (docs/NAMES.md)
+            return await names_ops.dispatch(ctx, handler)
+    return await handler(ctx)
 
 
 async def _unsupported(ctx: Ctx) -> web.StreamResponse:

@@ -18,7 +18,7 @@ PARTS_RE = re.compile(rb"-(\d+)(?:&quot;|&#34;|\")?\s*$")
 
 
 class EtagMemo:
-    """Per-backend knowledge: does it list multipart objects with "-N" ETags; resolved sizes."""
+    """Per-backend knowledge: does it list multipart objects with "-N" ETags; the sizes it resolved."""
 
     def __init__(self) -> None:
         self.minus_n: bool | None = None  # True: seen "-N" in a listing; False: seen K without it

@@ -9,6 +9,7 @@ part (``crypto.format``); sizes in ListParts are the plaintext sizes.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from s3proxy.aws import xmlsafe
+from s3proxy.aws import checksums, xmlsafe
+from s3proxy.aws.checksums import Checker
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
 from s3proxy.crypto import sizes
@@ -33,12 +35,14 @@ from s3proxy.crypto.envelope import (
 )
 from s3proxy.crypto.errors import FormatError, InvalidUploadToken, UnsupportedFormatVersion
 from s3proxy.crypto.format import KPartEncryptor
+from s3proxy.crypto.manifest import upload_record_mac
 from s3proxy.http import manifests, sidecars, sse
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, relay, response_headers, send_streamed
 from s3proxy.http.listing import CHECKSUM_EL, rewrite_parts
 from s3proxy.http.objects import (
     META,
+    map_if_match,
     seal_for_write,
     unseal,
     write_headers,
@@ -127,8 +131,10 @@ async def _checked_backend_id(ctx: Ctx, op: str) -> tuple[str, WrappedKey | None
 async def _upload_listed(ctx: Ctx, backend_id: str) -> bool:
     """Whether the backend lists ``backend_id`` as an upload of exactly ``ctx.key``."""
     markers: list[tuple[str, str]] = []
+    names = ctx.state.backend.names  # encrypted object names: the backend lists stored keys
+    key = await names.stored_key(ctx.bucket, ctx.key) if names is not None else ctx.key
     for _ in range(_MAX_LIST_PAGES):
-        query = [("uploads", ""), ("prefix", ctx.key), ("max-uploads", "1000"), *markers]
+        query = [("uploads", ""), ("prefix", key), ("max-uploads", "1000"), *markers]
         try:
             resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
         except aiohttp.ClientError as e:
@@ -139,7 +145,7 @@ async def _upload_listed(ctx: Ctx, backend_id: str) -> bool:
             raise S3Error("ServiceUnavailable", "the storage backend could not list multipart uploads", 503)
         root = _backend_xml(data)
         for up in _children(root, "Upload"):
-            if _text(up, "Key") == ctx.key and _text(up, "UploadId") == backend_id:
+            if _text(up, "Key") == key and _text(up, "UploadId") == backend_id:
                 return True
         if _text(root, "IsTruncated") != "true":
             return False
@@ -164,6 +170,8 @@ def _backend_query(ctx: Ctx, backend_id: str) -> list[tuple[str, str]]:
 
 async def create(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
+    mode = checksums.upload_mode(ctx.request.headers.get("x-amz-checksum-algorithm"),
+                                 ctx.request.headers.get("x-amz-checksum-type"))  # S3's refusals, before anything
     sealed = seal_for_write(ctx, bucket, ctx.request.headers)
     dek, wrapped, context = await sse.data_key_for_write(ctx, bucket, key, None, "CreateMultipartUpload")
     if sealed is not None and wrapped.backend != "sse-c":
@@ -181,16 +189,19 @@ async def create(ctx: Ctx) -> web.StreamResponse:
         raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
     backend_id = xmlsafe.text(m.group(1).decode("utf-8", "replace"))
     token = encode_upload_token(env, dek, bucket, key, backend_id)
+    alg, typ = mode or (None, None)
+    mac = upload_record_mac(dek, bucket, key, backend_id, alg, typ) if mode is not None else None
     dek[:] = bytes(len(dek))
     client_id = backend_id + SEP + token
-    sidecar = sidecars.UploadSidecar(client_id, ctx.request.headers.get("x-amz-checksum-algorithm"),
-                                     ctx.request.headers.get("x-amz-checksum-type"))
+    sidecar = sidecars.UploadSidecar(client_id, alg, typ, mac)
     if not await sidecars.put_upload(ctx, backend_id, sidecar):
         await _abort_backend(ctx, backend_id)
         raise S3Error("ServiceUnavailable", "the storage backend refused the upload's record; retry", 503)
     body = body[: m.start()] + b"<UploadId>" + escape(client_id).encode() + b"</UploadId>" + body[m.end() :]
     hdrs = response_headers(resp.headers, ctx.request_id, drop=["x-amz-checksum-algorithm", "x-amz-checksum-type"])
     hdrs.update(sse.response_headers(ctx, env))
+    if mode is not None:
+        hdrs["x-amz-checksum-algorithm"], hdrs["x-amz-checksum-type"] = mode
     return web.Response(status=200, body=body, headers=hdrs)
 
 
@@ -244,19 +255,70 @@ async def upload_part(ctx: Ctx) -> web.StreamResponse:
         raise S3Error("EntityTooLarge", "Your proposed upload exceeds the maximum allowed part size.", 400)
     up = await open_upload(ctx, "UploadPart")
     try:
-        resp = await send_part(ctx, up.backend_id, pn, up.dek, up.object_id, body.length, body.chunks())
+        sent = [n for n in body.checker.names if n.startswith("x-amz-checksum-")]
+        hasher = await part_hasher(ctx, up, sent)
+        chunks = body.chunks() if hasher is None else hashed(body.chunks(), hasher)
+        resp = await send_part(ctx, up.backend_id, pn, up.dek, up.object_id, body.length, chunks)
+        ctx.state.metrics.encrypted.inc(body.length)
+        ctx.state.metrics.bytes_in.inc(body.length)
+        if resp.status != 200:
+            return await backend_error(ctx, resp)
+        await resp.read()
+        resp.release()
+        hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith("x-amz-checksum-")])
+        hdrs.update(body.verified_checksums())
+        hdrs.update(await record_part(ctx, up, pn, resp.headers.get("ETag", ""), hasher))
     finally:
         up.dek[:] = bytes(len(up.dek))
-    ctx.state.metrics.encrypted.inc(body.length)
-    ctx.state.metrics.bytes_in.inc(body.length)
-    if resp.status != 200:
-        return await backend_error(ctx, resp)
-    await resp.read()
-    resp.release()
-    hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith("x-amz-checksum-")])
-    hdrs.update(body.verified_checksums())
     sse_headers_for_upload(ctx, hdrs, up.wrapped)
     return web.Response(status=200, headers=hdrs)
+
+
+class PartHasher(checksums.Hasher):
+    """The plaintext digest of one part of an upload with a checksum algorithm; ``mode`` its
+    (algorithm, type)."""
+
+    def __init__(self, mode: tuple[str, str]) -> None:
+        super().__init__(mode[0])
+        self.mode = mode
+
+
+async def part_hasher(ctx: Ctx, up: OpenUpload, sent: list[str]) -> PartHasher | None:
+    """A hasher for a part of ``up`` when the upload has a checksum algorithm (its record's MAC
+    verified); a part whose checksum (``sent``: x-amz-checksum-* header or declared trailer
+    names) is of another algorithm is refused first (``InvalidRequest``, as S3).  SSE-C
+    uploads keep no part checksums (Complete has no DEK to read them)."""
+    if up.wrapped.backend == "sse-c":
+        return None
+    mode = await manifests.upload_mode(ctx, up.backend_id, up.dek)
+    manifests.part_algorithm(sent, mode)
+    return None if mode is None else PartHasher(mode)
+
+
+async def hashed(
+    chunks: AsyncIterator[bytes | bytearray | memoryview], hasher: checksums.Hasher,
+) -> AsyncIterator[bytes | bytearray | memoryview]:
+    async for piece in chunks:
+        hasher.update(piece)
+        yield piece
+
+
+def with_part_checksum(xml: bytes, sums: dict[str, str]) -> bytes:
+    """A CopyPartResult with the part's ``Checksum<ALG>`` (``sums``: what ``record_part`` answered)."""
+    for name, value in sums.items():
+        el = checksums.ELEMENTS[name.removeprefix("x-amz-checksum-").upper()]
+        xml = manifests.add_to_root(xml, f"<{el}>{escape(value)}</{el}>".encode("ascii"))
+    return xml
+
+
+async def record_part(ctx: Ctx, up: OpenUpload, pn: int, etag: str, hasher: PartHasher | None) -> dict[str, str]:
+    """Write the part's record (its plaintext checksum, verified or computed) once the backend
+    stored it; the response header that names it."""
+    if hasher is None:
+        return {}
+    digest = hasher.digest()
+    await manifests.record_part(ctx, up.dek, up.object_id, up.backend_id, etag, pn, hasher.algorithm, digest)
+    return {"x-amz-checksum-" + hasher.algorithm.lower(): base64.b64encode(digest).decode("ascii")}
 
 
 def sse_headers_for_upload(ctx: Ctx, hdrs: CIMultiDict[str], wrapped: WrappedKey | None) -> None:
@@ -276,13 +338,17 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
         backend_id, wrapped = await _checked_backend_id(ctx, "CompleteMultipartUpload")
     else:
         backend_id, wrapped = up.backend_id, up.wrapped
+    manifest = None
     try:
         body = RequestBody(ctx.request, ctx.caller.auth)
+        # x-amz-checksum-<alg> of a Complete is the object's checksum (manifests.object_checksum),
+        # not the XML body's: only Content-MD5 is checked against the body.
+        body.checker = Checker.from_headers({k: v for k, v in ctx.request.headers.items() if k.lower() == "content-md5"}, [])
         # Parsed with DTDs refused in every encoding, and re-written by s3proxy: the backend never
         # sees the client's bytes, nor the plaintext checksums (they describe plaintext).
         parts = xmlsafe.complete_parts(await body.read_all(ctx.state.settings.limits.max_xml_body))
         if up is not None:  # before the backend's Complete: a completed object never lacks it
-            manifest = await manifests.manifest_for(ctx, up.object_id, up.backend_id, parts)
+            manifest = await manifests.complete_manifest(ctx, up.dek, up.object_id, up.backend_id, parts)
             if manifest is not None:  # None: no such upload (a retried Complete): the backend answers
                 await manifests.put_manifest(ctx, manifest, up.dek)
     finally:
@@ -290,6 +356,7 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
             up.dek[:] = bytes(len(up.dek))
     xml = xmlsafe.complete_xml(parts, include_checksums=False)
     headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-mp-object-size"])
+    headers = await map_if_match(ctx, ctx.bucket, ctx.key, headers, "CompleteMultipartUpload")
     resp = await ctx.state.backend.request(
         "POST", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id), headers=headers, body=xml,
     )
@@ -298,14 +365,16 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
     out = await read_at_most(resp, 1 << 20)
     resp.release()
     out = CHECKSUM_EL.sub(b"", out)
-    await sidecars.delete_upload(ctx, backend_id)
+    if manifest is not None and manifest.checksum is not None:
+        out = manifests.add_checksum_xml(out, manifest.checksum)
+    await sidecars.delete_upload(ctx, backend_id, parts=manifest is None or manifest.checksum is not None)
     hdrs = response_headers(resp.headers, ctx.request_id, drop=[h.lower() for h in resp.headers if h.lower().startswith(("x-amz-checksum-", "x-amz-server-side-encryption"))])
     sse_headers_for_upload(ctx, hdrs, wrapped)
     await _learn_multipart_etags(ctx)
     return web.Response(status=200, body=out, headers=hdrs)
 
 
-async def _upload_with_dek(ctx: Ctx) -> OpenUpload | None:
+async def _upload_with_dek(ctx: Ctx, op: str = "CompleteMultipartUpload") -> OpenUpload | None:
     """The upload opened (token verified, DEK unwrapped) when s3proxy can get the DEK without
     the client: every key backend but SSE-C.  A bare backend id (from an old listing) is
     resolved through its sidecar.  None: Complete goes on without a manifest (an upload whose
@@ -320,7 +389,7 @@ async def _upload_with_dek(ctx: Ctx) -> OpenUpload | None:
         backend_id, token = _parse_upload_id(ctx, client_id)
     if token is None or token.wrapped.backend == "sse-c":
         return None
-    return await open_upload(ctx, "CompleteMultipartUpload", client_id)
+    return await open_upload(ctx, op, client_id)
 
 
 async def _learn_multipart_etags(ctx: Ctx) -> None:
@@ -345,20 +414,33 @@ async def abort(ctx: Ctx) -> web.StreamResponse:
     backend_id, _ = await _checked_backend_id(ctx, "AbortMultipartUpload")
     resp = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     if resp.status in (204, 200, 404):  # 404: gone already; its sidecar too
-        await sidecars.delete_upload(ctx, backend_id)
+        await sidecars.delete_upload(ctx, backend_id, parts=None)
     return await relay(ctx, resp)
 
 
 async def list_parts(ctx: Ctx) -> web.StreamResponse:
+    """The backend's part list in plaintext sizes, with each part's verified checksum (from its
+    record) when the upload has a checksum algorithm and s3proxy holds the DEK."""
     client_id = ctx.route.q("uploadId") or ""
-    backend_id, _ = await _checked_backend_id(ctx, "ListParts")
-    resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
-    if resp.status != 200:
-        return await backend_error(ctx, resp)
-    body = await read_at_most(resp, 16 << 20)
-    resp.release()
+    up = await _upload_with_dek(ctx, "ListParts")
+    try:
+        if up is None:
+            backend_id, _ = await _checked_backend_id(ctx, "ListParts")
+        else:
+            backend_id = up.backend_id
+        resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
+        if resp.status != 200:
+            return await backend_error(ctx, resp)
+        body = await read_at_most(resp, 16 << 20)
+        resp.release()
+        body = rewrite_parts(body, client_id)
+        if up is not None:
+            body = await manifests.list_parts_checksums(ctx, up.dek, up.object_id, up.backend_id, body)
+    finally:
+        if up is not None:
+            up.dek[:] = bytes(len(up.dek))
     hdrs = response_headers(resp.headers, ctx.request_id)
-    return web.Response(status=200, body=rewrite_parts(body, client_id), headers=hdrs)
+    return web.Response(status=200, body=body, headers=hdrs)
 
 
 async def list_uploads(ctx: Ctx) -> web.StreamResponse:

@@ -7,6 +7,7 @@ both ways; nothing is read whole except part headers and small probes.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from multidict import CIMultiDict
 from s3proxy.aws import checksums
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
-from s3proxy.crypto import sizes
+from s3proxy.backend.capabilities import copies_pinned
+from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     SEALED_VERSION,
     USER_METADATA_LIMIT,
@@ -35,7 +37,8 @@ from s3proxy.crypto.envelope import (
 )
 from s3proxy.crypto.errors import FormatError, MetadataTooLarge
 from s3proxy.crypto.format import SEncryptor
-from s3proxy.http import sse
+from s3proxy.crypto.objectinfo import parts_from_etag as parts_from_etag  # the one parser, for the handlers
+from s3proxy.http import sse, tagging
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.ctx import (
     Ctx,
@@ -44,13 +47,13 @@ from s3proxy.http.ctx import (
     response_headers,
     send_streamed,
 )
+from s3proxy.keys.base import WrappedKey
 
 READ_SIZE = 1 << 20
 META = "x-amz-meta-"
 CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 # Backend response headers that describe ciphertext and never reach the client.
 CIPHERTEXT_HEADERS = ("content-range", "x-amz-mp-parts-count", "content-md5")
-_ETAG_PARTS = re.compile(r"-([0-9]{1,5})\"?$")
 
 
 def integrity_error() -> S3Error:
@@ -113,11 +116,15 @@ def seal_for_write(
     ctx: Ctx, bucket: str, client_headers: Mapping[str, str],
     checksum: Mapping[str, str] | None = None, etag: str | None = None,
 ) -> SealContents | None:
-    """What a new object's sealed block holds (None: the bucket writes v1, metadata in plaintext)."""
+    """What a new object's sealed block holds (None: the bucket writes v1, metadata in plaintext):
+    the client's metadata, the verified checksum and MD5 ETag, and what the bucket seals besides:
+    its ``seal_headers`` and, with ``tags: sealed``, the ``x-amz-tagging`` tags (checked as S3 does)."""
+    settings = ctx.state.settings.bucket(bucket)
     meta = client_metadata(client_headers)
-    if not ctx.state.settings.bucket(bucket).seal_metadata:
+    if not settings.seal_metadata:
         return None
-    return SealContents(meta, checksum, etag)
+    tags = tagging.from_header(client_headers.get(tagging.TAGGING)) if tagging.sealed(settings) else {}
+    return SealContents(meta, checksum, etag, tags=tags, headers=tagging.sealed_headers(settings, client_headers))
 
 
 def envelope_metadata(env: Envelope) -> dict[str, str]:
@@ -128,13 +135,6 @@ def envelope_metadata(env: Envelope) -> dict[str, str]:
         raise metadata_too_large() from None
 
 
-def parts_from_etag(etag: str | None) -> int | None:
-    if not etag:
-        return None
-    m = _ETAG_PARTS.search(etag.strip())
-    return int(m.group(1)) if m else None
-
-
 @dataclass
 class Sealed:
     env: Envelope
@@ -143,15 +143,15 @@ class Sealed:
 
 
 def plaintext_size(env: Envelope, ct_total: int, etag: str | None) -> int:
+    """Plaintext size from the stored size and ETag; the integrity error when they cannot be one's
+    of this layout (or the part table would be needed: ``reads.resolve_size``)."""
     try:
-        if env.layout == "S":
-            return sizes.s_plaintext_size(ct_total)
-        n = parts_from_etag(etag)
-        if n is None:
-            raise integrity_error()
-        return sizes.k_object_plaintext_size(ct_total, n)
+        size = objectinfo.plaintext_size(env.layout, ct_total, etag)
     except FormatError:
         raise integrity_error() from None
+    if size is None:
+        raise integrity_error()
+    return size
 
 
 def read_envelope(headers: Mapping[str, str]) -> Envelope | None:
@@ -200,13 +200,12 @@ def out_headers(
 ) -> CIMultiDict[str]:
     """Client response headers of a stored object: ciphertext headers dropped, SSE headers ours;
     for an envelope v2 object the user metadata is the sealed block's, never the backend's, and so
-    are the ETag (when sealed) and, for a ``whole`` object read with ``x-amz-checksum-mode:
-    ENABLED``, the checksum."""
+    are the ETag (when sealed), the sealed system headers, the tag count (buckets that seal tags)
+    and, for a ``whole`` object read with ``x-amz-checksum-mode: ENABLED``, the checksum."""
     hidden: tuple[str, ...] = ("x-amz-checksum-", "x-amz-server-side-encryption")
     if env.version >= SEALED_VERSION:
         hidden = (*hidden, META)
-    drop = [h.lower() for h in backend_headers if h.lower().startswith(hidden)]
-    hdrs = response_headers(backend_headers, ctx.request_id, drop=[*CIPHERTEXT_HEADERS, *drop])
+    hdrs = response_headers(backend_headers, ctx.request_id, drop=CIPHERTEXT_HEADERS, drop_prefixes=hidden)
     hdrs.update(sse.response_headers(ctx, env))
     etag = client_etag(backend_headers.get("ETag"), contents)
     if etag is not None:
@@ -217,6 +216,7 @@ def out_headers(
         mode = ctx.request.headers.get("x-amz-checksum-mode", "")
         if whole and contents.checksum is not None and mode.upper() == "ENABLED":
             hdrs.update(checksums.response_checksum(contents.checksum))
+    tagging.answer(hdrs, contents, ctx.bucket_settings, dict(ctx.route.query))  # sealed headers, tag count
     return hdrs
 
 
@@ -257,10 +257,11 @@ def quote_etags(value: str) -> str:
 def cond_headers(ctx: Ctx, prefix: str = "") -> dict[str, str]:
     """Conditional headers (``prefix`` = "x-amz-copy-source-" for a copy's source), ETags quoted."""
     out = {}
-    for k, v in ctx.request.headers.items():
-        name = k.lower()
-        if name.startswith(prefix) and name[len(prefix):] in CONDITIONAL:
-            base = name[len(prefix):]
+    headers = ctx.request.headers
+    for base in CONDITIONAL:  # four look-ups instead of a pass over every request header
+        values = headers.getall(prefix + base, None)
+        if values:
+            v = values[-1]  # a repeated header: the last one, as before
             out[base] = quote_etags(v) if base in ("if-match", "if-none-match") else v
     return out
 
@@ -326,6 +327,15 @@ async def mapped_conditions(
     return conds
 
 
+async def map_if_match(ctx: Ctx, bucket: str, key: str, headers: dict[str, str], op: str) -> dict[str, str]:
+    """A conditional write's ``If-Match`` (PutObject, CompleteMultipartUpload) with the target's
+    client-facing ETag replaced by its backend ETag, as ``mapped_conditions`` does for reads: one
+    HEAD (and, for v2, one DEK lookup), only when ``If-Match`` is present."""
+    if "if-match" in headers and "if-match" in {k.lower() for k in ctx.request.headers}:
+        headers["if-match"] = (await mapped_conditions(ctx, bucket, key, [], op=op)).get("if-match", headers["if-match"])
+    return headers
+
+
 def _map_etags(value: str, client: set[str], backend: str) -> str:
     out = []
     for tok in value.split(","):
@@ -344,12 +354,16 @@ def version_query(ctx: Ctx) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------- PUT
 
 
-def write_headers(ctx: Ctx, env: Envelope, client_headers: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Backend headers for a write: the client's (``client_headers``, default the request's) plus the envelope."""
+def write_headers(
+    ctx: Ctx, env: Envelope, client_headers: Mapping[str, str] | None = None, bucket: str | None = None
+) -> dict[str, str]:
+    """Backend headers for a write to ``bucket`` (default the request's): the client's
+    (``client_headers``, default the request's) plus the envelope, without what the envelope seals."""
     src = ctx.request.headers if client_headers is None else client_headers
     headers = forward_headers(src, body_changed=True)
-    if env.version >= SEALED_VERSION:  # the client's metadata is in the sealed block only
+    if env.version >= SEALED_VERSION:  # the client's metadata (and sealed headers, tags) in the sealed block only
         headers = {k: v for k, v in headers.items() if not k.startswith(META)}
+        headers = tagging.for_backend(ctx.state.settings.bucket(bucket or ctx.bucket), headers)
     for k, v in envelope_metadata(env).items():
         headers[META + k] = v
     return headers
@@ -385,6 +399,16 @@ async def store_object(
     etag = checksums.etag_from_md5(client_headers.get("Content-MD5"))
     sealed = seal_for_write(ctx, bucket, client_headers, checksum, etag)
     dek, wrapped, context = await sse.data_key_for_write(ctx, bucket, key, body.length, "PutObject")
+    with sse.held_dek(dek):
+        return await _encrypt_and_put(ctx, bucket, key, body, client_headers, sealed, dek, wrapped, context)
+
+
+async def _encrypt_and_put(
+    ctx: Ctx, bucket: str, key: str, body: PlainBody, client_headers: Mapping[str, str], sealed: SealContents | None,
+    dek: bytearray, wrapped: WrappedKey, context: Mapping[str, str],
+) -> web.StreamResponse:
+    """The PUT of ``store_object``: the body encrypted under ``dek`` as it streams."""
+    assert body.length is not None
     oid = new_object_id()
     env = make_envelope(dek, "S", oid, wrapped, context, bucket, key, sealed=sealed)
     enc = SEncryptor(dek, oid)
@@ -396,9 +420,10 @@ async def store_object(
                 yield memoryview(out)  # aiohttp slices what it sends; slicing a bytearray copies
         yield memoryview(enc.finalize())
 
+    headers = await map_if_match(ctx, bucket, key, write_headers(ctx, env, client_headers, bucket), "PutObject")
     resp = await send_streamed(
-        ctx, "PUT", bucket, key, query=[], headers=write_headers(ctx, env, client_headers),
-        body=ciphertext(), content_length=sizes.s_ciphertext_size(body.length),
+        ctx, "PUT", bucket, key, query=[], headers=headers,
+        body=ciphertext(), content_length=objectinfo.stored_size(body.length),
     )
     ctx.state.metrics.encrypted.inc(body.length)
     ctx.state.metrics.bytes_in.inc(body.length)
@@ -425,16 +450,20 @@ async def _seal_late_checksum(
     checksum: dict[str, str], client_headers: Mapping[str, str], put_headers: Mapping[str, str],
 ) -> str | None:
     """Add a trailing checksum (verified) to the sealed block of the object just stored: one
-    metadata-only self-copy, pinned to the stored ETag so a concurrent write is never clobbered.
-    Best effort: on failure the object stays as stored, without the checksum.  On a versioned
-    bucket the copy is a new version (returned), the PUT's version stays without it."""
-    new_env = rebind(env, dek, bucket, key, sealed=SealContents(sealed.meta, checksum, sealed.etag))
-    headers = write_headers(ctx, new_env, client_headers)
+    metadata-only self-copy of the current object, pinned on both sides to the stored ETag
+    (``x-amz-copy-source-if-match`` and ``If-Match``: a write or DELETE that landed meanwhile
+    fails it).  Skipped where the backend is known to ignore those conditions.  Best effort: on
+    failure the object stays as stored, without the checksum.  On a versioned bucket the copy is
+    a new version (returned), the PUT's version stays without it."""
+    if not put_headers.get("ETag") or not copies_pinned(getattr(ctx.state, "backend_capabilities", None)):
+        return None
+    new_env = rebind(env, dek, bucket, key, sealed=dataclasses.replace(sealed, checksum=checksum))
+    headers = write_headers(ctx, new_env, client_headers, bucket)
     headers.pop("x-amz-tagging", None)  # the copy keeps the object's tags (tagging directive COPY)
-    headers["x-amz-copy-source"] = ctx.state.backend.copy_source(bucket, key, put_headers.get("x-amz-version-id"))
+    headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}  # the PUT's own
+    headers["x-amz-copy-source"] = ctx.state.backend.copy_source(bucket, key)
     headers["x-amz-metadata-directive"] = "REPLACE"
-    if put_headers.get("ETag"):
-        headers["x-amz-copy-source-if-match"] = put_headers["ETag"]
+    headers["x-amz-copy-source-if-match"] = headers["if-match"] = put_headers["ETag"]
     try:
         resp = await ctx.state.backend.request("PUT", bucket, key, headers=headers)
         await resp.read()

@@ -30,6 +30,7 @@ from s3proxy.aws import sigv2
 from s3proxy.aws.errors import S3Error, access_denied
 from s3proxy.aws.sigv4 import ALGORITHM, SigV4Error, derive_signing_key, wire_bytes
 from s3proxy.config import Identity
+from s3proxy.http import tagging
 
 # Fields that authenticate the form or steer the answer: never object headers.
 SIGNATURE_FIELDS = frozenset({"x-amz-signature", "signature", "awsaccesskeyid", "policy", "file"})
@@ -249,6 +250,8 @@ def object_headers(fields: Mapping[str, str]) -> dict[str, str]:
             out[name] = value
         elif name == "x-amz-security-token":
             raise S3Error("InvalidToken", "s3proxy issues no session tokens; sign the policy with an access key.", 400)
-        elif name == "tagging" or name.startswith("x-amz-"):
+        elif name == "tagging":
+            out["x-amz-tagging"] = tagging.form_field(value)
+        elif name.startswith("x-amz-"):
             raise S3Error("NotImplemented", f"s3proxy does not support the POST form field {name!r}.", 501)
     return out

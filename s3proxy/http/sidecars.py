@@ -9,9 +9,13 @@ upload needs to be found again is kept as small objects in the same bucket
   Complete, read by GETs of objects whose sealed block promises one (cached: immutable).
 * ``.s3proxy/uploads/<hex sha256(backend upload id)>``: the client-facing upload id
   (backend id + ``~`` + upload token, nothing secret) and the upload's checksum
-  algorithm and type.  Written at CreateMultipartUpload, read by
+  algorithm and type (with a MAC under the DEK).  Written at CreateMultipartUpload, read by
   ListMultipartUploads (so listed ids are the ids CreateMultipartUpload returned),
-  deleted at Complete and Abort.
+  UploadPart and Complete, deleted at Complete and Abort.
+* ``.s3proxy/parts/<hex sha256(backend upload id)>/<part number>.<record>``: empty objects
+  whose keys are the parts' verified checksums, encrypted (``s3proxy.crypto.manifest``).
+
+Deleting them on a versioned bucket deletes every version and delete marker too.
 
 Clients can neither read, write, copy, delete nor list keys under the prefix
 (``authz.authorise`` and ``hide_reserved``); the proxy reaches them with its own
@@ -22,11 +26,12 @@ upload it is listed for, and every use of an upload id still verifies the token.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 from xml.sax.saxutils import escape, unescape
@@ -34,6 +39,7 @@ from xml.sax.saxutils import escape, unescape
 import aiohttp
 from aiohttp import web
 
+from s3proxy.crypto.manifest import part_records_prefix
 from s3proxy.http.ctx import Ctx, read_at_most, relay, response_headers
 from s3proxy.http.router import RESERVED_KEY_PREFIX, is_reserved_key
 from s3proxy.observability import get_logger
@@ -62,6 +68,7 @@ class UploadSidecar:
     client_id: str
     checksum_algorithm: str | None = None
     checksum_type: str | None = None
+    mac: str | None = None  # over algorithm and type (crypto.manifest.upload_record_mac)
 
     def encode(self) -> bytes:
         obj: dict[str, object] = {"v": 1, "id": self.client_id}
@@ -69,6 +76,8 @@ class UploadSidecar:
             obj["alg"] = self.checksum_algorithm
         if self.checksum_type:
             obj["type"] = self.checksum_type
+        if self.mac:
+            obj["mac"] = self.mac
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -80,12 +89,12 @@ class UploadSidecar:
             return None
         if not isinstance(obj, dict) or obj.get("v") != 1:
             return None
-        cid, alg, typ = obj.get("id"), obj.get("alg"), obj.get("type")
+        cid, alg, typ, mac = obj.get("id"), obj.get("alg"), obj.get("type"), obj.get("mac")
         if not isinstance(cid, str) or cid.rpartition(SEP)[0] != backend_id:
             return None
-        if not all(x is None or isinstance(x, str) for x in (alg, typ)):
+        if not all(x is None or isinstance(x, str) for x in (alg, typ, mac)):
             return None
-        return cls(cid, alg, typ)
+        return cls(cid, alg, typ, mac)
 
 
 async def put_upload(ctx: Ctx, backend_id: str, sidecar: UploadSidecar) -> bool:
@@ -105,16 +114,16 @@ async def put_upload(ctx: Ctx, backend_id: str, sidecar: UploadSidecar) -> bool:
     return False
 
 
-async def delete_upload(ctx: Ctx, backend_id: str) -> None:
-    """Best effort: the upload is gone (completed or aborted), so is its sidecar."""
+async def delete_upload(ctx: Ctx, backend_id: str, *, parts: bool | None = False) -> None:
+    """Best effort: the upload is gone (completed or aborted), so are its sidecar and (``parts``;
+    None: if its sidecar names a checksum algorithm) its part records, every version of them."""
+    if parts is None:
+        sc = await get_upload(ctx, backend_id)
+        parts = sc is not None and bool(sc.checksum_algorithm)
     _cache(ctx).pop((ctx.bucket, backend_id), None)
-    try:
-        resp = await ctx.state.backend.request(
-            "DELETE", ctx.bucket, upload_key(backend_id), credentials=ctx.state.backend.credentials,
-        )
-        resp.release()
-    except aiohttp.ClientError:
-        log.warning("upload_sidecar_delete_failed", bucket=ctx.bucket)
+    await delete_reserved(ctx, upload_key(backend_id))
+    if parts:
+        await purge_prefix(ctx, part_records_prefix(backend_id))
 
 
 async def get_upload(ctx: Ctx, backend_id: str) -> UploadSidecar | None:
@@ -307,3 +316,130 @@ async def _purge_reserved(ctx: Ctx) -> bool:
         last = todo
         await asyncio.gather(*(one(k, v) for k, v in todo))
     return False
+
+
+# --------------------------------------------------------------- part records, versions
+
+_CONTENTS_KEY = re.compile(rb"<Contents>.*?<Key>([^<]*)</Key>.*?</Contents>", re.S)
+_TOKEN = re.compile(rb"<NextContinuationToken>([^<]*)</NextContinuationToken>")
+
+
+async def put_part_record(ctx: Ctx, key: str) -> bool:
+    """Store one part record (an empty object whose key is the record); False if refused."""
+    try:
+        resp = await ctx.state.backend.request(
+            "PUT", ctx.bucket, key, body=b"", headers={"content-type": "application/octet-stream"},
+            credentials=ctx.state.backend.credentials,
+        )
+    except aiohttp.ClientError:
+        return False
+    resp.release()
+    if resp.status != 200:
+        log.warning("part_record_put_failed", bucket=ctx.bucket, status=resp.status)
+    return resp.status == 200
+
+
+async def list_names(ctx: Ctx, prefix: str, start_after: str | None = None, stop_after: str | None = None) -> list[str] | None:
+    """The key names under ``prefix`` (without it), in key order, from ``start_after`` (a full
+    key) up to keys sorting after ``stop_after``; None when the backend would not list them."""
+    out: list[str] = []
+    token: list[tuple[str, str]] = [("start-after", start_after)] if start_after else []
+    for _ in range(100):
+        data = await _list(ctx, [("list-type", "2"), ("prefix", prefix), ("max-keys", "1000"), *token])
+        if data is None:
+            return None
+        for m in _CONTENTS_KEY.finditer(data):
+            key = unescape(m.group(1).decode("utf-8", "surrogateescape"))
+            if stop_after is not None and key > stop_after:
+                return out
+            if key.startswith(prefix):
+                out.append(key[len(prefix):])
+        nt = _TOKEN.search(data)
+        if b"<IsTruncated>true</IsTruncated>" not in data or nt is None:
+            return out
+        token = [("continuation-token", unescape(nt.group(1).decode()))]
+    return out
+
+
+async def delete_reserved(ctx: Ctx, key: str) -> None:
+    """Best effort: delete one of the proxy's keys; on a versioned bucket (the DELETE answers
+    with a version id or a delete marker) every version and marker of it too."""
+    try:
+        resp = await ctx.state.backend.request("DELETE", ctx.bucket, key, credentials=ctx.state.backend.credentials)
+        resp.release()
+    except aiohttp.ClientError:
+        log.warning("sidecar_delete_failed", bucket=ctx.bucket)
+        return
+    if versioned_delete(resp.headers):
+        await purge_prefix(ctx, key, exact=True)
+
+
+def versioned_delete(headers: Mapping[str, str]) -> bool:
+    """Whether a DELETE's answer says the bucket keeps versions (a version id other than "null",
+    or a delete marker): then older versions or the marker are still there."""
+    return (headers.get("x-amz-delete-marker", "").strip().lower() == "true"
+            or headers.get("x-amz-version-id", "null").strip() not in ("", "null"))
+
+
+async def purge_prefix(ctx: Ctx, prefix: str, *, exact: bool = False) -> None:
+    """Best effort: delete every key (every version, every delete marker) under ``prefix`` (only
+    ``prefix`` itself when ``exact``), a listing page and a DeleteObjects of up to 1000 at a time."""
+    if not is_reserved(prefix):
+        raise ValueError("only the proxy's own keys")
+    last: list[tuple[str, str | None]] = []
+    for _ in range(20):
+        data = await _list(ctx, [("versions", ""), ("prefix", prefix)])
+        if data is None:
+            data = await _list(ctx, [("list-type", "2"), ("prefix", prefix)])
+        if data is None:
+            return
+        todo: list[tuple[str, str | None]] = []
+        for m in _VERSION_ENTRY.finditer(data):
+            km, vm = _KEY.search(m.group(1)), _VERSION_ID.search(m.group(1))
+            if km is not None:
+                key = unescape(km.group(1).decode("utf-8", "surrogateescape"))
+                if key.startswith(prefix) and (not exact or key == prefix):
+                    todo.append((key, unescape(vm.group(1).decode()) if vm is not None else None))
+        if not todo or todo == last:
+            return
+        last = todo
+        if await _delete_many(ctx, todo) and b"<IsTruncated>true</IsTruncated>" not in data:
+            return  # all of them gone: no listing to confirm it
+
+
+async def _delete_many(ctx: Ctx, entries: list[tuple[str, str | None]]) -> bool:
+    """DeleteObjects (quiet) in batches of 1000; one DELETE each where the backend refuses it.
+    True when every batch answered without an error."""
+    sem = asyncio.Semaphore(LOOKUPS)
+
+    async def one(key: str, vid: str | None) -> None:
+        async with sem:
+            with contextlib.suppress(aiohttp.ClientError):
+                r = await ctx.state.backend.request("DELETE", ctx.bucket, key, query=[("versionId", vid)] if vid else [],
+                                                    credentials=ctx.state.backend.credentials)
+                r.release()
+
+    clean = True
+    for i in range(0, len(entries), 1000):
+        batch = entries[i : i + 1000]
+        objs = "".join(
+            f"<Object><Key>{escape(k)}</Key>" + (f"<VersionId>{escape(v)}</VersionId>" if v else "") + "</Object>"
+            for k, v in batch
+        )
+        body = f"<Delete><Quiet>true</Quiet>{objs}</Delete>".encode("utf-8", "surrogateescape")
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        try:
+            resp = await ctx.state.backend.request(
+                "POST", ctx.bucket, None, query=[("delete", "")], body=body,
+                headers={"content-md5": md5, "content-type": "application/xml"}, credentials=ctx.state.backend.credentials,
+            )
+            data = await read_at_most(resp, 1 << 20)
+            resp.release()
+        except aiohttp.ClientError:
+            clean = False
+            continue
+        if resp.status == 200 and b"<Error>" not in data:
+            continue
+        clean = False
+        await asyncio.gather(*(one(k, v) for k, v in batch))
+    return clean

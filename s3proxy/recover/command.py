@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from s3proxy.backend import names_tools
 from s3proxy.backend.client import BackendClient
 from s3proxy.keys.audit import AuditLog
 from s3proxy.recover.reader import Reader, SetupError, decrypt_one, describe, parse_range
@@ -23,6 +24,11 @@ async def run_decrypt(settings: Any, args: argparse.Namespace, out: BinaryIO, er
     client = BackendClient(settings.backend)
     await client.start()
     try:
+        try:  # encrypted object names: the client maps plaintext keys, the tree decrypts listed ones
+            names = await names_tools.open_names(client, settings, keys, args.bucket)
+        except names_tools.NamesSetupError as exc:
+            print(f"s3proxy decrypt: {exc}", file=err)
+            return 2
         reader = Reader(client, keys, args.bucket, args.version_id)
         if args.key is not None:
             sent = 0
@@ -40,7 +46,7 @@ async def run_decrypt(settings: Any, args: argparse.Namespace, out: BinaryIO, er
                 print(f"s3proxy decrypt: {args.key}: {describe(exc)}{what}", file=err)
                 return 1
             return 0
-        tree = Tree(reader, args.prefix, Path(args.to), args.concurrency, not args.no_progress, err)
+        tree = Tree(reader, args.prefix, Path(args.to), args.concurrency, not args.no_progress, err, names=names)
         report = await tree.run()
         print_tree_report(report, err)
         return 0 if report.ok else 1

@@ -5,7 +5,6 @@ objects, ranges, K-object part tables, completeness manifests."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -15,10 +14,11 @@ from typing import Any
 import aiohttp
 
 from s3proxy.backend.client import BackendClient
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo, sizes, streams
 from s3proxy.crypto.envelope import Envelope, decode_metadata, open_seal, verify_binding
-from s3proxy.crypto.errors import FormatError, PartOrderError
-from s3proxy.crypto.format import KPartDecryptor, SDecryptor, SRangeDecryptor, parse_k_header
+from s3proxy.crypto.errors import FormatError
+from s3proxy.crypto.format import KObjectDecryptor, SDecryptor
+from s3proxy.crypto.k_table import PartTable, part_info
 from s3proxy.crypto.manifest import (
     MANIFEST_PREFIX,
     MAX_MANIFEST,
@@ -27,7 +27,7 @@ from s3proxy.crypto.manifest import (
     decode_manifest,
     manifest_key,
 )
-from s3proxy.crypto.streams import KObjectDecryptor
+from s3proxy.crypto.objectinfo import parts_from_etag
 from s3proxy.keys.audit import AuditInfo
 from s3proxy.keys.base import KeyServiceError, zeroize
 
@@ -36,8 +36,6 @@ META = "x-amz-meta-"
 READ_PIECE = 1 << 20
 
 HEADER_CONCURRENCY = 8
-
-_ETAG_PARTS = re.compile(r"-(\d+)\"?$")
 
 Write = Callable[[bytes | bytearray | memoryview], Any]
 
@@ -70,11 +68,6 @@ def parse_range(text: str, size: int) -> tuple[int, int]:
 RESERVED_KEYS = MANIFEST_PREFIX.split("/", 1)[0] + "/"  # ".s3proxy/": manifests and upload records
 
 
-def parts_from_etag(etag: str) -> int | None:
-    m = _ETAG_PARTS.search(etag.strip())
-    return int(m.group(1)) if m else None
-
-
 @dataclass
 class Opened:
     """A stored object whose envelope authenticated: what reading its body needs."""
@@ -87,6 +80,8 @@ class Opened:
     parts: int | None = None  # "-N" of the ETag
     last_modified: str = ""
     manifest: Manifest | None = None  # the completeness manifest the sealed block promised
+    table: PartTable | None = None  # the part table, once read
+    headers: dict[int, bytes] = field(default_factory=dict, repr=False)  # part headers read, by offset
 
     @property
     def size(self) -> int | None:
@@ -187,7 +182,7 @@ class Reader:
     async def whole(self, obj: Opened, write: Write) -> int:
         """Decrypt the whole object into ``write``; the number of plaintext bytes."""
         if obj.env.layout == "S":
-            dec: SDecryptor | KObjectDecryptor = SDecryptor(obj.dek, obj.env.object_id, obj.total)
+            dec: streams.Decryptor = SDecryptor(obj.dek, obj.env.object_id, obj.total)
         elif obj.manifest is not None:
             dec = KObjectDecryptor(obj.dek, obj.env.object_id, len(obj.manifest.parts), obj.manifest.parts)
         else:
@@ -198,94 +193,66 @@ class Reader:
             if resp.status != 200:
                 changed = resp.status == 412
                 raise RecoverError("the object changed since its HEAD" if changed else f"GET failed: HTTP {resp.status}")
-            async for piece in resp.content.iter_chunked(READ_PIECE):
-                out = dec.update(piece)
-                for chunk in out if isinstance(out, list) else (out,):
-                    if chunk:
-                        write(chunk)
-                        written += len(chunk)
+            async for out in streams.decrypt_stream(dec, resp.content.iter_chunked(READ_PIECE)):
+                write(out)
+                written += len(out)
         finally:
             resp.release()
-        tail = dec.finalize()
-        if tail:
-            write(tail)
-            written += len(tail)
         return written
 
-    async def part_table(self, obj: Opened) -> list[tuple[int, int, bytes]]:
-        """[(offset, stored length, 70-byte header)] of each part: a uniform-size guess checked
-        against the part headers, else a walk of the headers with small ranged GETs."""
-        H, OVH = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
-        first = await self._fetch(obj.key, obj.etag, 0, H)
-        c1 = parse_k_header(first).plaintext_length + OVH
-        n = obj.parts
-        table: list[tuple[int, int, bytes]] = []
-        if n is not None and n >= 1 and OVH <= obj.total - (n - 1) * c1 <= c1:
-            sem = asyncio.Semaphore(HEADER_CONCURRENCY)
+    def _header_fetch(self, obj: Opened) -> streams.Fetch:
+        """``fetch(start, end)`` for the part-table planner: at most ``HEADER_CONCURRENCY`` at once,
+        each part header read kept in ``obj.headers`` (by offset) for the manifest check."""
+        sem = asyncio.Semaphore(HEADER_CONCURRENCY)
 
-            async def header(off: int) -> bytes:
-                async with sem:
-                    return await self._fetch(obj.key, obj.etag, off, off + H)
+        async def fetch(start: int, end: int) -> bytes:
+            if start in obj.headers and end - start == len(obj.headers[start]):
+                return obj.headers[start]
+            async with sem:
+                data = await self._fetch(obj.key, obj.etag, start, end)
+            if end - start == sizes.K_HEADER_SIZE:
+                obj.headers[start] = data
+            return data
 
-            offsets = [i * c1 for i in range(n)]
-            headers = [first, *await asyncio.gather(*(header(o) for o in offsets[1:]))]
-            guess = [(o, (offsets[i + 1] if i + 1 < n else obj.total) - o, h) for i, (o, h) in enumerate(zip(offsets, headers, strict=True))]
-            with contextlib.suppress(FormatError):
-                if all(parse_k_header(h).plaintext_length + OVH == c for _, c, h in guess):
-                    table = guess
-        if not table:
-            off = 0
-            while off < obj.total and len(table) < (n or sizes.MAX_PART_NUMBER):
-                h = first if off == 0 else await self._fetch(obj.key, obj.etag, off, off + H)
-                c = parse_k_header(h).plaintext_length + OVH
-                table.append((off, c, h))
-                off += c
-            if off != obj.total or (n is not None and len(table) != n):
-                raise RecoverError("the part headers do not add up to the object size")
-        numbers = [parse_k_header(h).part_number for _, _, h in table]
-        if any(b <= a for a, b in zip(numbers, numbers[1:], strict=False)):
-            raise PartOrderError("part numbers do not strictly increase")
-        if obj.manifest is not None:
-            obj.manifest.check_parts([(pn, c - OVH) for pn, (_, c, _) in zip(numbers, table, strict=True)])
-        return table
+        return fetch
 
-    async def plaintext_size(self, obj: Opened) -> tuple[int, list[tuple[int, int, bytes]] | None]:
+    async def part_table(self, obj: Opened) -> PartTable:
+        """[(offset, stored length)] of each part (``crypto.streams.k_part_table``: the uniform-size
+        guess checked against the part headers, else a walk of them), checked against the
+        completeness manifest, part numbers included."""
+        if obj.table is None:
+            table = await streams.k_part_table(self._header_fetch(obj), obj.total, obj.parts)
+            if obj.manifest is not None:
+                numbers = [part_info(obj.headers[off])[1] if off in obj.headers else None for off, _ in table]
+                spans = objectinfo.part_spans(table)
+                obj.manifest.check_parts([(pn, p) for pn, (_, p) in zip(numbers, spans, strict=True)])
+            obj.table = table
+        return obj.table
+
+    async def plaintext_size(self, obj: Opened) -> tuple[int, PartTable | None]:
         size = obj.size
         if size is not None:
             return size, None
         table = await self.part_table(obj)
-        return obj.total - len(table) * sizes.K_PART_OVERHEAD, table
+        return objectinfo.size_from_table(obj.env.layout, table), table
 
     async def span(self, obj: Opened, start: int, end: int, write: Write) -> int:
         """Decrypt plaintext ``[start, end)``, fetching only the chunks it needs."""
-        if obj.env.layout == "S":
-            p = sizes.s_plaintext_size(obj.total)
-            span = sizes.s_span(p, start, end)
-            header = await self._fetch(obj.key, obj.etag, 0, sizes.S_HEADER_SIZE)
-            sdec = SRangeDecryptor(obj.dek, obj.env.object_id, header, p, span)
-            return await self._feed(obj, span.ct_start, span.ct_end, sdec, write)
-        written, p_off = 0, 0
-        for off, c_part, header in await self.part_table(obj):
-            p_part = c_part - sizes.K_PART_OVERHEAD
-            a, b = max(start, p_off), min(end, p_off + p_part)
-            if a < b:
-                kspan = sizes.k_span(p_part, a - p_off, b - p_off)
-                kdec = KPartDecryptor(obj.dek, obj.env.object_id, header, c_part, kspan)
-                written += await self._feed(obj, off + kspan.ct_start, off + kspan.ct_end, kdec, write)
-            p_off += p_part
-        return written
 
-    async def _feed(self, obj: Opened, a: int, b: int, dec: SRangeDecryptor | KPartDecryptor, write: Write) -> int:
+        def stream(a: int, b: int) -> AsyncIterator[bytes]:
+            return self._ciphertext(obj.key, obj.etag, a, b)
+
+        if obj.env.layout == "S":
+            header = await self._fetch(obj.key, obj.etag, 0, sizes.S_HEADER_SIZE)
+            p = sizes.s_plaintext_size(obj.total)
+            pieces = streams.decrypt_s_range(obj.dek, obj.env.object_id, header, p, start, end, stream)
+        else:
+            table = await self.part_table(obj)
+            pieces = streams.decrypt_k_range(obj.dek, obj.env.object_id, table, start, end, self._header_fetch(obj), stream)
         written = 0
-        async for piece in self._ciphertext(obj.key, obj.etag, a, b):
-            out = dec.update(piece)
-            if out:
-                write(out)
-                written += len(out)
-        tail = dec.finalize()
-        if tail:
-            write(tail)
-            written += len(tail)
+        async for out in pieces:
+            write(out)
+            written += len(out)
         return written
 
 

@@ -20,6 +20,7 @@ from urllib.parse import unquote_plus
 import aiohttp
 
 from s3proxy import progress
+from s3proxy.backend import names_tools
 from s3proxy.keys.base import zeroize
 from s3proxy.recover.reader import RESERVED_KEYS, Reader, RecoverError, describe
 
@@ -70,8 +71,11 @@ def _mtime(text: str) -> float | None:
 class Tree:
     """``--prefix P --to DIR``: every object under the prefix, resumable, with progress."""
 
-    def __init__(self, reader: Reader, prefix: str, root: Path, concurrency: int, show: bool, err: Any) -> None:
+    def __init__(self, reader: Reader, prefix: str, root: Path, concurrency: int, show: bool, err: Any, *,
+                 names: names_tools.BucketNames | None = None) -> None:
         self.reader, self.prefix, self.root = reader, prefix, root
+        self.names = names  # encrypted object names: listed keys are decrypted (names_tools)
+        self._memo: dict[str, str] = {}
         self.concurrency = max(1, min(concurrency, 64))
         self.show, self.err = show, err
         self.report = TreeReport()
@@ -81,8 +85,12 @@ class Tree:
 
     async def _pages(self) -> AsyncIterator[list[Listed]]:
         token: str | None = None
+        try:
+            prefix = await names_tools.stored_prefix(self.names, self.prefix)
+        except names_tools.NamesSetupError as exc:
+            raise RecoverError(str(exc)) from None
         while True:
-            q = [("list-type", "2"), ("encoding-type", "url"), ("prefix", self.prefix)]
+            q = [("list-type", "2"), ("encoding-type", "url"), ("prefix", prefix)]
             q += [("continuation-token", token)] if token else []
             resp = await self.reader.client.request("GET", self.reader.bucket, None, query=q)
             try:
@@ -97,7 +105,7 @@ class Tree:
                 raise RecoverError("the backend's listing is not XML") from None
             ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
             encoded = (root.findtext(f"{ns}EncodingType") or "").lower() == "url"
-            yield [
+            page = [
                 Listed(
                     unquote_plus(k) if encoded else k, int(c.findtext(f"{ns}Size") or 0), c.findtext(f"{ns}LastModified") or ""
                 )
@@ -105,9 +113,24 @@ class Tree:
                 for k in (c.findtext(f"{ns}Key") or "",)
                 if not (unquote_plus(k) if encoded else k).startswith(RESERVED_KEYS)  # the proxy's own records
             ]
+            yield page if self.names is None else await self._plain(page)
             token = root.findtext(f"{ns}NextContinuationToken")
             if root.findtext(f"{ns}IsTruncated") != "true" or not token:
                 return
+
+    async def _plain(self, page: list[Listed]) -> list[Listed]:
+        """A names bucket: the listed (stored) keys in plaintext; one that does not decrypt is a failure."""
+        assert self.names is not None
+
+        def undecryptable(stored: str) -> None:
+            self.report.failures[stored] = ("the stored name does not decrypt under the bucket's name key "
+                                            "(written or renamed around the proxy?)")
+
+        try:
+            plain = await names_tools.plain_keys(self.names, [i.key for i in page], self._memo, undecryptable)
+        except names_tools.NamesSetupError as exc:
+            raise RecoverError(str(exc)) from None
+        return [Listed(key, page[i].size, page[i].last_modified) for i, key in plain]
 
     async def _one(self, item: Listed) -> None:
         if item.key.endswith("/") and item.size == 0:

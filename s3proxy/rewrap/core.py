@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from s3proxy.backend import ops
+from s3proxy.backend import names_tools, ops
 from s3proxy.backend.client import BackendClient
 from s3proxy.config import Settings
 from s3proxy.crypto.envelope import (
@@ -99,6 +99,7 @@ class Rewrapper:
         self.report = RewrapReport(bucket, self.prefix, to_key, dry_run)
         self.progress = Progress(self.report, err or sys.stderr, enabled=progress)
         self.store: ops.Store | None = None
+        self.names: names_tools.BucketNames | None = None  # encrypted object names: keys here are plaintext
         self._keys: KeyManager | None = None
         self.target_ids: set[str] = {to_key}
         self._run_id = "rewrap-" + secrets.token_hex(6)
@@ -214,8 +215,12 @@ class Rewrapper:
             try:
                 verify_binding(env, dek, self.bucket, key)
             except FormatError:
+                hint = ""
+                if self.names is None and names_tools.looks_encrypted(key):
+                    hint = (f"; the key looks like an encrypted name: if the bucket has encrypted names, its "
+                            f"configuration must say so (buckets.{self.bucket}.names)")
                 raise RewrapError(
-                    "metadata is not bound to this bucket and key (copied around the proxy?); not re-wrapped"
+                    f"metadata is not bound to this bucket and key (copied around the proxy?); not re-wrapped{hint}"
                 ) from None
             try:
                 open_seal(env, dek)  # v2: the sealed block is re-sealed under the new binding
@@ -253,14 +258,15 @@ class Rewrapper:
         seq = 0
         try:
             try:
-                async for page in ops.list_pages(self._store(), self.prefix, start_after, self.page_size):
+                async for page in names_tools.list_pages(self._store(), self.names, self.prefix, start_after,
+                                                         self.page_size, self._undecryptable):
                     keys = [o.key for o in page if not is_reserved_key(o.key)]  # the proxy's own records
                     for i, key in enumerate(keys):
                         self.report.listed += 1
                         self._tracker.add(seq, key, page_end=i == len(keys) - 1)
                         await queue.put((seq, key))
                         seq += 1
-            except ops.OpError as exc:
+            except (ops.OpError, names_tools.NamesSetupError) as exc:
                 raise ListingError(str(exc)) from None
             self.progress.listing_done = True
             self.report.listing_complete = True
@@ -269,6 +275,21 @@ class Rewrapper:
         # Not in a finally: once cancelled, nobody consumes the queue any more.
         for _ in range(self.concurrency):
             await queue.put(None)
+
+    async def _name_key(self) -> None:
+        """A names bucket: its name key is re-wrapped too (every run; it is one small object)."""
+        try:
+            outcome, current = await names_tools.rewrap_name_key(
+                self._store(), self.keys, self.to_key, self.target_ids, self._audit(names_tools.NAMES_KEY),
+                dry_run=self.dry_run)
+            detail = current if outcome == "would" else ""
+        except (ops.OpError, KeyServiceError) as exc:
+            outcome, detail = "failed", f"the bucket's name key: {exc}"
+        self.report.record(names_tools.NAMES_KEY, outcome, detail)
+
+    def _undecryptable(self, stored: str) -> None:
+        self.report.warnings.append(f"stored key {stored!r} is not a name encrypted under the bucket's name key "
+                                    "(written or renamed around the proxy?): skipped")
 
     async def _walk(self, start_after: str | None) -> None:
         queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
@@ -313,7 +334,15 @@ class Rewrapper:
         self._keys = build_key_manager(self.settings.keys)
         await client.start()
         try:
+            # a names bucket: the client maps plaintext keys to stored ones, as the proxy does
+            try:
+                # no extra request for a bucket without names: a misconfigured one gets a hint per object
+                self.names = await names_tools.open_names(client, self.settings, self.keys, self.bucket, check=False)
+            except names_tools.NamesSetupError as exc:
+                raise SetupError(str(exc)) from None
             await self._preflight()
+            if self.names is not None:
+                await self._name_key()
             await self._resume_and_walk(state)
         finally:
             for fut in self._memo.values():

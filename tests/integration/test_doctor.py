@@ -153,6 +153,7 @@ def test_probe_moto(moto: Backend) -> None:
         **COMMON, "multipart_etags": "yes", "upload_part_copy": "yes", "min_part_size": "yes",
         "put_if_none_match": "yes", "put_if_match": "yes", "complete_if_none_match": "yes", "versioning": "yes",
         "tagging": "yes", "object_attributes": "yes", "checksums": "no", "checksum_mode": "no", "user_metadata": "yes",
+        "copy_if_match": "no",
     }
     assert caps.findings["user_metadata"].amount == 2048
     assert 30 <= caps.requests <= 60 and caps.seconds < 10
@@ -169,10 +170,10 @@ def test_probe_devstore(devstore: Backend, devstore_dir: Path) -> None:
     # serves (tagging, attributes, versioning) grow with it, so they are only required to be answered.
     assert {k: v[k] for k in (*COMMON, "multipart_etags", "upload_part_copy", "min_part_size", "put_if_none_match",
                               "put_if_match", "complete_if_none_match", "checksums", "checksum_mode",
-                              "user_metadata")} == {
+                              "user_metadata", "copy_if_match")} == {
         **COMMON, "multipart_etags": "yes", "upload_part_copy": "yes", "min_part_size": "yes",
         "put_if_none_match": "yes", "put_if_match": "yes", "complete_if_none_match": "yes", "checksums": "yes",
-        "checksum_mode": "no", "user_metadata": "yes",
+        "checksum_mode": "no", "user_metadata": "yes", "copy_if_match": "yes",
     }
     assert all(v[k] in ("yes", "no") for k in ("tagging", "object_attributes", "versioning"))
     assert everything_in(devstore, bucket) == []
@@ -497,8 +498,11 @@ def test_doctor_round_trip_failure_is_a_fail(moto: Backend) -> None:
 def test_doctor_ok_with_a_profile_that_vouches(moto: Backend) -> None:
     bucket = new_bucket(moto)
     cp = doctor(moto, "--bucket", bucket, S3PROXY_BACKEND_PROFILE="aws")
-    assert cp.returncode == 0, cp.stdout + cp.stderr
-    assert "verdict: OK" in cp.stdout and "[profile:aws says yes]" in cp.stdout  # moto skips checksums
+    # moto skips checksums (informational) and ignores x-amz-copy-source-if-match: the probe's
+    # "no" wins over the profile and warns (sealed re-tagging answers 501 there)
+    assert cp.returncode == 1, cp.stdout + cp.stderr
+    assert "verdict: WARN" in cp.stdout and "[profile:aws says yes]" in cp.stdout
+    assert re.search(r"copy_if_match\s+no", cp.stdout)
 
 
 @needs_rclone

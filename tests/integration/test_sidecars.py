@@ -50,7 +50,8 @@ def test_sidecar_keeps_checksum_algorithm_and_no_secret(s3: Any, raw: Any, bucke
     up = s3.create_multipart_upload(Bucket=bucket, Key="c", ChecksumAlgorithm="CRC32")["UploadId"]
     data = raw.get_object(Bucket=bucket, Key=sidecar_key(up))["Body"].read()
     obj = json.loads(data)
-    assert obj == {"v": 1, "id": up, "alg": "CRC32"}
+    mac = obj.pop("mac")  # over algorithm and type, under the upload's DEK (FORMAT.md 8)
+    assert obj == {"v": 1, "id": up, "alg": "CRC32", "type": "COMPOSITE"} and len(mac) == 43
     s3.abort_multipart_upload(Bucket=bucket, Key="c", UploadId=up)
 
 

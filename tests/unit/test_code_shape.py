@@ -21,6 +21,7 @@ MAX_FUNCTION_LINES = 80
 # Module (path under s3proxy/) -> the most lines it may have.
 KNOWN_LONG_MODULES: dict[str, int] = {
     "http/reads.py": 687,  # 597 at listing, +15%: being split (lead)
+    "backend/capabilities.py": 522,  # the probe questions; next: one module per question group
 }
 
 # "module:qualified.name" -> the most lines the function may have.

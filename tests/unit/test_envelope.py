@@ -526,11 +526,12 @@ def test_v2_downgrade_to_v1_fails_the_binding() -> None:
 def _forge_seal(e: Envelope, plaintext: bytes) -> Envelope:
     """A block holding ``plaintext`` that authenticates (a writer who has the DEK: only s3proxy)."""
     from s3proxy.crypto import envelope as envmod
+    from s3proxy.crypto import seal as sealmod
 
     salt = bytes(24)
     size = len(plaintext) + 40
     binding = envmod._binding_mac(DEK, 2, e.layout, e.object_id, e.wrapped, e.context, "photos", "a/b.jpg", size)
-    aead, nonce = envmod._seal_cipher(DEK, salt)
+    aead, nonce = sealmod._seal_cipher(DEK, salt)
     return dataclasses.replace(e, binding=binding, seal=salt + aead.encrypt(nonce, plaintext, binding))
 
 
