@@ -23,8 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from s3proxy.aws.errors import S3Error
-from s3proxy.crypto import sizes
-from s3proxy.crypto.errors import FormatError
+from s3proxy.crypto import objectinfo
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, response_headers
 from s3proxy.http.memo import PARTS_RE, EtagMemo, etag_memo
 
@@ -37,12 +36,7 @@ CHECKSUM_EL = re.compile(rb"<Checksum(?:CRC32C?|CRC64NVME|SHA1|SHA256|Type)>[^<]
 
 def plaintext_from_listing(size: int, etag: bytes) -> int | None:
     m = PARTS_RE.search(etag.strip())
-    try:
-        if m:
-            return sizes.k_object_plaintext_size(size, int(m.group(1)))
-        return sizes.s_plaintext_size(size)
-    except (FormatError, ValueError):
-        return None
+    return objectinfo.listed_size(size, m.group(1) if m else None)
 
 
 # A plain 32-hex ETag in a listing reads as "the MD5 of the content" to clients (rclone, s3cmd),
@@ -93,12 +87,7 @@ def _entries(xml: bytes) -> list[_Entry]:
 
 def _plaintext(e: _Entry) -> int | None:
     """The plaintext size the listing implies (None: no valid ciphertext size)."""
-    try:
-        if e[5] is not None:
-            return sizes.k_object_plaintext_size(e[4], int(e[5].group(1)))
-        return sizes.s_plaintext_size(e[4])
-    except (FormatError, ValueError):
-        return None
+    return objectinfo.listed_size(e[4], e[5].group(1) if e[5] is not None else None)
 
 
 def _rewritten(e: _Entry, plain: int) -> bytes:
@@ -147,7 +136,7 @@ def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
 
     def part(m: re.Match[bytes]) -> bytes:
         body = m.group(1)
-        body = SIZE_EL.sub(lambda s: b"<Size>%d</Size>" % max(0, int(s.group(1)) - sizes.K_PART_OVERHEAD), body)
+        body = SIZE_EL.sub(lambda s: b"<Size>%d</Size>" % objectinfo.listed_part_size(int(s.group(1))), body)
         return b"<Part>" + CHECKSUM_EL.sub(b"", body) + b"</Part>"
 
     out = re.sub(rb"<Part>(.*?)</Part>", part, xml, flags=re.S)
@@ -349,10 +338,7 @@ def _canonical_listing(bucket: str, url_keys: bool, memo: EtagMemo, xml: bytes) 
             if plain == -1:
                 return None  # not HEADed yet
         else:
-            try:
-                plain = sizes.k_object_plaintext_size(size, int(p.group(1))) if p else sizes.s_plaintext_size(size)
-            except (FormatError, ValueError):
-                plain = None
+            plain = objectinfo.listed_size(size, p.group(1) if p else None)
             if plain is None and p is None:  # no S size under a plain ETag: hidden (minus_n is True)
                 plain = raw.get((bucket, url_keys, key, etag, size), -1)
                 if plain == -1:
@@ -416,11 +402,8 @@ async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vi
         return None  # unreadable metadata: not ours to size
     if env is None:
         return None  # written around the proxy: the backend size is the size
-    if env.layout == "S":
-        try:
-            return sizes.s_plaintext_size(size)
-        except FormatError:
-            return None
+    if not objectinfo.in_parts(env.layout):
+        return objectinfo.listed_size(size, None)
     if objects.parts_from_etag(etag) is None and memo.minus_n is None:
         memo.minus_n = False  # ("-N" once seen stays trusted: a plain-ETag K object there was copied around us)
     sub = dataclasses.replace(ctx, route=Route("HeadObject", bucket, key, tuple(vq)))

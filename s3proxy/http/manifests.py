@@ -20,7 +20,7 @@ import aiohttp
 from s3proxy.aws import checksums, xmlsafe
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import Envelope, SealContents
 from s3proxy.crypto.errors import FormatError
 from s3proxy.crypto.format import Buffer
@@ -114,7 +114,7 @@ async def backend_part_sizes(ctx: Ctx, backend_id: str) -> dict[int, tuple[int, 
     None when the backend knows no such upload."""
     out: dict[int, tuple[int, str]] = {}
     marker: list[tuple[str, str]] = []
-    for _ in range(sizes.MAX_PART_NUMBER // 1000 + 2):
+    for _ in range(objectinfo.MAX_PART_NUMBER // 1000 + 2):
         query = [("uploadId", backend_id), ("max-parts", "1000"), *marker]
         try:
             resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=query)
@@ -161,7 +161,7 @@ async def checked_parts(ctx: Ctx, backend_id: str, parts: list[xmlsafe.CompleteP
         if have is None or have[1] != p.etag.strip().strip('"'):
             raise S3Error("InvalidPart", _INVALID_PART, 400)
         try:
-            out.append((p.number, sizes.k_part_plaintext_size(have[0]), have[1]))
+            out.append((p.number, objectinfo.part_plaintext_size(have[0]), have[1]))
         except FormatError:
             raise S3Error("InvalidPart", f"Part {p.number} was not written by s3proxy.", 400) from None
     return out
@@ -297,7 +297,7 @@ async def checksum_contents(
     """For HEAD and GetObjectAttributes of a multipart object: its contents with the checksum of
     its manifest, read (one GET, then cached) only when ``wanted`` (``x-amz-checksum-mode:
     ENABLED``, or the ``Checksum`` attribute); the integrity error when the manifest fails."""
-    if not wanted or contents is None or not contents.manifest or env.layout != "K" or contents.checksum is not None:
+    if not wanted or contents is None or not contents.manifest or not objectinfo.in_parts(env.layout) or contents.checksum is not None:
         return contents
     try:
         manifest = await get_manifest(ctx, bucket, env.object_id, dek)

@@ -4,7 +4,7 @@ CreateMultipartUpload wraps a data key and stores the envelope as the
 object's metadata.  The UploadId returned to the client is the backend's id
 plus ``~`` plus an upload token (object id, wrapped DEK, context), so any
 replica can encrypt any part without shared state.  Each part is one K-layout
-part (``crypto.format``); sizes in ListParts are the plaintext sizes.
+part (``crypto.format``); in ListParts each part's size is its plaintext size.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from s3proxy.aws import checksums, xmlsafe
 from s3proxy.aws.checksums import Checker
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     UploadToken,
     decode_upload_token,
@@ -242,7 +242,7 @@ async def send_part(
                    if not k.startswith("x-amz-copy-source")}
     return await send_streamed(
         ctx, "PUT", ctx.bucket, ctx.key, query=query, headers=headers,
-        body=ciphertext(), content_length=sizes.k_part_ciphertext_size(p),
+        body=ciphertext(), content_length=objectinfo.stored_part_size(p),
     )
 
 

@@ -1,8 +1,8 @@
 """Reading encrypted objects: GET (whole, ranges, ``partNumber``) and HEAD.
 
-Glue only: sizes and ranges come from ``crypto.sizes``, decryption from ``crypto.format`` /
-``crypto.streams``; the envelope and the client-facing headers from ``http.objects``.  Bodies
-stream; nothing is read whole except part headers and small probes.  Imports ``http.objects``
+Glue only: sizes, part tables and ``partNumber`` spans come from ``crypto.objectinfo``,
+decryption from ``crypto.format`` / ``crypto.streams`` (no layout arithmetic here); the envelope
+and the client-facing headers from ``http.objects``.  Bodies stream; nothing is read whole except part headers and small probes.  Imports ``http.objects``
 (never the reverse).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +18,7 @@ from aiohttp import web
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
 from s3proxy.aws.ranges import parse_range
-from s3proxy.crypto import sizes
+from s3proxy.crypto import objectinfo, streams
 from s3proxy.crypto.envelope import (
     Envelope,
 )
@@ -26,14 +26,8 @@ from s3proxy.crypto.errors import (
     FormatError,
     ManifestMismatch,
 )
-from s3proxy.crypto.format import (
-    KPartDecryptor,
-    SDecryptor,
-    SRangeDecryptor,
-    parse_k_header,
-)
+from s3proxy.crypto.format import KObjectDecryptor, SDecryptor
 from s3proxy.crypto.manifest import Manifest
-from s3proxy.crypto.streams import KObjectDecryptor
 from s3proxy.http import manifests, sse
 from s3proxy.http.ctx import (
     Ctx,
@@ -97,7 +91,7 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
         sealed.dek[:] = bytes(len(sealed.dek))
     ct_total = backend_length(resp.headers)
     etag = resp.headers.get("ETag")
-    if env.layout == "K":
+    if objectinfo.in_parts(env.layout):
         from s3proxy.http.memo import learn_multipart_etag
 
         learn_multipart_etag(ctx, etag)
@@ -109,11 +103,10 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
         _check_no_range(ctx)
         table = await part_table(ctx, bucket, key, env, etag or "", ct_total, None)
         _check_part_exists(pn, len(table))
-        start, c_part = table[pn - 1]
-        p_start = start - (pn - 1) * (sizes.K_PART_OVERHEAD if env.layout == "K" else 0)
-        plen = c_part - sizes.K_PART_OVERHEAD if env.layout == "K" else size
-        hdrs["Content-Range"] = f"bytes {p_start}-{p_start + plen - 1}/{size}" if plen else f"bytes */{size}"
-        if env.layout == "K":
+        p_start, p_end = objectinfo.part_range(env.layout, table, pn, size)
+        plen = p_end - p_start
+        hdrs["Content-Range"] = f"bytes {p_start}-{p_end - 1}/{size}" if plen else f"bytes */{size}"
+        if objectinfo.in_parts(env.layout):
             hdrs["x-amz-mp-parts-count"] = str(len(table))
         size, status = plen, 206
     hdrs["Accept-Ranges"] = "bytes"
@@ -207,6 +200,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     ranged = "Content-Range" in resp.headers and resp.status in (200, 206)
     if resp.status != 200 and not ranged:
         return await backend_error(ctx, resp)
+    sealed: Sealed | None = None
     try:
         sealed = await unseal(ctx, resp.headers, bucket, key, "GetObject")
         if sealed is None:
@@ -217,7 +211,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
         ct_total = backend_total(resp.headers) if ranged else first_len
         etag = resp.headers.get("ETag", "")
         size = await resolve_size(ctx, bucket, key, sealed.env, etag, ct_total)
-        if sealed.env.layout == "S":
+        if not objectinfo.in_parts(sealed.env.layout):
             dec: SDecryptor | KObjectDecryptor = SDecryptor(sealed.dek, sealed.env.object_id)
         elif promises_manifest(sealed):
             mf = await checked_manifest(ctx, bucket, sealed, size, parts_from_etag(etag))
@@ -227,21 +221,25 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
             dec = KObjectDecryptor(sealed.dek, sealed.env.object_id, parts_from_etag(etag))
     except BaseException:
         resp.release()
+        if sealed is not None:
+            sealed.dek[:] = bytes(len(sealed.dek))
         raise
     if isinstance(dec, SDecryptor) and first_len == ct_total <= SMALL_OBJECT:
         try:
             return await _get_small(ctx, resp, sealed, dec, ct_total, size)
         finally:
             resp.release()
+            sealed.dek[:] = bytes(len(sealed.dek))
     out = web.StreamResponse(status=200, headers=out_headers(ctx, resp.headers, sealed.env, sealed.contents, whole=True))
     out.headers["Accept-Ranges"] = "bytes"
     out.content_length = size
     try:
         await out.prepare(ctx.request)
         ciphertext = _chain(resp.content.iter_any(), ctx, bucket, key, first_len, ct_total, etag)
-        return await send_plaintext(ctx, out, _decrypt_stream(dec, ciphertext), size)
+        return await send_plaintext(ctx, out, streams.decrypt_stream(dec, ciphertext), size)
     finally:
         resp.release()
+        sealed.dek[:] = bytes(len(sealed.dek))
 
 
 async def _get_small(
@@ -269,7 +267,7 @@ async def _get_small(
 
 
 def promises_manifest(sealed: Sealed) -> bool:
-    return sealed.env.layout == "K" and sealed.contents is not None and sealed.contents.manifest
+    return objectinfo.in_parts(sealed.env.layout) and sealed.contents is not None and sealed.contents.manifest
 
 
 async def checked_manifest(ctx: Ctx, bucket: str, sealed: Sealed, size: int, n_parts: int | None) -> Manifest:
@@ -285,19 +283,6 @@ async def checked_manifest(ctx: Ctx, bucket: str, sealed: Sealed, size: int, n_p
         ctx.state.metrics.integrity_failures.inc()
         raise integrity_error() from None
     return mf
-
-
-async def _decrypt_stream(
-    dec: SDecryptor | KObjectDecryptor, ciphertext: AsyncIterator[bytes | bytearray | memoryview]
-) -> AsyncIterator[bytes | bytearray | memoryview]:
-    async for chunk in ciphertext:
-        pieces = dec.update(chunk)
-        for piece in pieces if isinstance(pieces, list) else (pieces,):
-            if piece:
-                yield piece
-    tail = dec.finalize()
-    if tail:
-        yield tail
 
 
 async def send_plaintext(
@@ -405,75 +390,33 @@ def _is_range_response(resp: aiohttp.ClientResponse, start: int, end: int) -> bo
 async def part_table(
     ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None
 ) -> list[tuple[int, int]]:
-    """[(ciphertext offset, ciphertext length)] of each part, by position."""
-    if env.layout == "S":
-        return [(0, ct_total)]
+    """[(ciphertext offset, ciphertext length)] of each part, by position: one part for an S
+    object, else ``crypto.streams.k_part_table`` (the uniform-size guess checked against the part
+    headers, else a walk of them, part numbers strictly increasing), cached per ETag."""
+    single = objectinfo.single_part_table(env.layout, ct_total)
+    if single is not None:
+        return single
     cache_key = (bucket, key, etag)
     cached = ctx.state.part_tables.get(cache_key)
     if cached is not None:
         return [(cached[2 * i], cached[2 * i + 1]) for i in range(len(cached) // 2)]
-    n = parts_from_etag(etag)
-    if n is not None and n < 1:
-        raise integrity_error()
     q = version_query(ctx)
-    H, OVH = sizes.K_HEADER_SIZE, sizes.K_PART_OVERHEAD
-    if first_header is None:
-        first_header = await fetch_bytes(ctx, bucket, key, 0, H, etag, q)
-    c1, pn1 = _header_info(first_header)
-    table: list[tuple[int, int]] | None = None
-    last = ct_total - ((n or 1) - 1) * c1
-    if n is not None and OVH <= last <= c1:
-        guess = [(i * c1, c1) for i in range(n - 1)] + [((n - 1) * c1, last)]
-        # Check the guess against the authenticated length in each part header.
-        headers = await asyncio.gather(*(fetch_bytes(ctx, bucket, key, off, off + H, etag, q) for off, _ in guess[1:]))
-        infos = [_header_info_or_none(h) for h in headers]
-        if all(i is not None and i[0] == gc for i, (_, gc) in zip(infos, guess[1:], strict=True)):
-            _check_order([pn1, *(i[1] for i in infos if i is not None)])
-            table = guess
-    if table is None:
-        # Walk the authenticated-length part headers with small ranged GETs.
-        table, off, numbers = [], 0, []
-        while off < ct_total and len(table) < (n or sizes.MAX_PART_NUMBER):
-            h = first_header if off == 0 else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
-            c, pn = _header_info(h)
-            table.append((off, c))
-            numbers.append(pn)
-            off += c
-        if off != ct_total or (n is not None and len(table) != n):
-            raise integrity_error()
-        _check_order(numbers)
+
+    async def fetch(start: int, end: int) -> bytes:
+        return await fetch_bytes(ctx, bucket, key, start, end, etag, q)
+
+    try:
+        table = await streams.k_part_table(fetch, ct_total, parts_from_etag(etag), first_header)
+    except FormatError:
+        raise integrity_error() from None
     if len(ctx.state.part_tables) > 1024:
         ctx.state.part_tables.clear()
     ctx.state.part_tables[cache_key] = tuple(x for pair in table for x in pair)
     return table
 
 
-def _check_order(part_numbers: list[int]) -> None:
-    """Parts keep the order they were completed in: their numbers strictly increase."""
-    if any(b <= a for a, b in zip(part_numbers, part_numbers[1:], strict=False)):
-        raise integrity_error()
-
-
-def _header_info_or_none(header: bytes) -> tuple[int, int] | None:
-    try:
-        h = parse_k_header(header)
-    except FormatError:
-        return None  # not a part boundary: the uniform-parts guess was wrong
-    return h.plaintext_length + sizes.K_PART_OVERHEAD, h.part_number
-
-
-def _header_info(header: bytes) -> tuple[int, int]:
-    """(ciphertext length, part number) from a part header (authenticated later, on use)."""
-    try:
-        h = parse_k_header(header)
-    except FormatError:
-        raise integrity_error() from None
-    return h.plaintext_length + sizes.K_PART_OVERHEAD, h.part_number
-
-
 async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
-    q = version_query(ctx)
     probe = await ctx.state.backend.request(
         "GET", bucket, key, query=_passthrough_query(ctx),
         headers={**await read_conditions(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
@@ -495,31 +438,38 @@ async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     sealed = await unseal(ctx, probe.headers, bucket, key, "GetObject")
     if sealed is None:
         return await _foreign_or_refuse(ctx)
+    with sse.held_dek(sealed.dek):  # zeroed once the body is sent or the read failed
+        return await _send_range(ctx, sealed, probe.headers, head, total, etag)
+
+
+async def _send_range(
+    ctx: Ctx, sealed: Sealed, probe_headers: Mapping[str, str], head: bytes, total: int, etag: str
+) -> web.StreamResponse:
+    """The 206 of ``_get_partial``: a ``Range`` or a ``partNumber`` of the object ``sealed`` opened."""
+    bucket, key, q = ctx.bucket, ctx.key, version_query(ctx)
     env = sealed.env
     sse.check_customer_key(ctx, env)
-    table = await part_table(ctx, bucket, key, env, etag, total, head[: sizes.K_HEADER_SIZE] if env.layout == "K" else None)
+    table = await part_table(ctx, bucket, key, env, etag, total, head[: objectinfo.header_size(env.layout)] or None)
     size = await resolve_size(ctx, bucket, key, env, etag, total)
     part_number = ctx.route.q("partNumber")
-    hdrs = out_headers(ctx, probe.headers, env, sealed.contents)
+    hdrs = out_headers(ctx, probe_headers, env, sealed.contents)
     hdrs["Accept-Ranges"] = "bytes"
     if part_number is not None:
         pn = _part_number(part_number)
         _check_no_range(ctx)
         _check_part_exists(pn, len(table))
-        OVH = sizes.K_PART_OVERHEAD if env.layout == "K" else 0
-        start = table[pn - 1][0] - (pn - 1) * OVH
-        end = start + (table[pn - 1][1] - OVH if env.layout == "K" else size)
-        if env.layout == "K":
+        start, end = objectinfo.part_range(env.layout, table, pn, size)
+        if objectinfo.in_parts(env.layout):
             hdrs["x-amz-mp-parts-count"] = str(len(table))
     else:
         rng = parse_range(ctx.request.headers.get("Range"))
         assert rng is not None
         start, end = rng.resolve(size)
     length = end - start
-    if promises_manifest(sealed) and end > size - (table[-1][1] - sizes.K_PART_OVERHEAD):  # reaches the last part
+    if promises_manifest(sealed) and end > objectinfo.last_part_start(table):  # reaches the last part
         mf = await checked_manifest(ctx, bucket, sealed, size, len(table))
         try:
-            mf.check_parts([(None, c - sizes.K_PART_OVERHEAD) for _, c in table])
+            mf.check_parts([(None, p) for _, p in objectinfo.part_spans(table)])
         except ManifestMismatch:
             ctx.state.metrics.integrity_failures.inc()
             raise integrity_error() from None
@@ -576,54 +526,35 @@ async def decrypt_range(
     ctx: Ctx, sealed: Sealed, table: list[tuple[int, int]], total: int, start: int, end: int, etag: str,
     head: bytes, q: list[tuple[str, str]], bucket: str | None = None, key: str | None = None,
 ) -> AsyncIterator[bytes | bytearray | memoryview]:
-    """Authenticated plaintext [start, end), fetching only the chunks needed."""
+    """Authenticated plaintext [start, end), fetching only the chunks needed (``crypto.streams``:
+    headers through ``fetch``, chunks through ``stream``; what the probe ``head`` holds is not
+    fetched again).  Parts out of order raise ``PartOrderError``, a ``FormatError``."""
     env, dek = sealed.env, sealed.dek
     bucket, key = bucket or ctx.bucket, key or ctx.key
     if start >= end:
         return
-    if env.layout == "S":
-        p = total and sizes.s_plaintext_size(total)
-        span = sizes.s_span(p, start, end)
-        if len(head) < sizes.S_HEADER_SIZE:
-            head = await fetch_bytes(ctx, bucket, key, 0, sizes.S_HEADER_SIZE, etag, q)
-        dec = SRangeDecryptor(dek, env.object_id, head[: sizes.S_HEADER_SIZE], p, span)
-        async for chunk in _stream_ciphertext(ctx, bucket, key, span.ct_start, span.ct_end, etag, q, head):
-            out = dec.update(chunk)
-            if out:
-                yield out
-        tail = dec.finalize()
-        if tail:
-            yield tail
-        return
-    OVH, H = sizes.K_PART_OVERHEAD, sizes.K_HEADER_SIZE
-    p_off = 0
-    last_pn = 0
-    for off, c_part in table:
-        p_part = c_part - OVH
-        a, b = max(start, p_off), min(end, p_off + p_part)
-        p_off += p_part
-        if a >= b:
-            continue
-        header = head[off: off + H] if off + H <= len(head) else await fetch_bytes(ctx, bucket, key, off, off + H, etag, q)
-        span = sizes.k_span(p_part, a - (p_off - p_part), b - (p_off - p_part))
-        kd = KPartDecryptor(dek, env.object_id, header, c_part, span)
-        if kd.part_number <= last_pn:
-            raise integrity_error()
-        last_pn = kd.part_number
-        async for chunk in _stream_ciphertext(ctx, bucket, key, off + span.ct_start, off + span.ct_end, etag, q, head):
-            out = kd.update(chunk)
-            if out:
-                yield out
-        tail = kd.finalize()
-        if tail:
-            yield tail
+
+    async def fetch(a: int, b: int) -> bytes:
+        return head[a:b] if b <= len(head) else await fetch_bytes(ctx, bucket, key, a, b, etag, q)
+
+    def stream(a: int, b: int) -> AsyncIterator[bytes | bytearray | memoryview]:
+        return _stream_ciphertext(ctx, bucket, key, a, b, etag, q, head)
+
+    if objectinfo.in_parts(env.layout):
+        pieces = streams.decrypt_k_range(dek, env.object_id, table, start, end, fetch, stream)
+    else:
+        header = await fetch(0, objectinfo.header_size(env.layout))
+        p = objectinfo.size_from_table(env.layout, table)
+        pieces = streams.decrypt_s_range(dek, env.object_id, header, p, start, end, stream)
+    async for out in pieces:
+        yield out
 
 
 async def resolve_size(
     ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None = None
 ) -> int:
     """Plaintext size; for multipart objects on backends whose ETags lack ``-N``, walk the part headers."""
-    if env.layout == "K" and parts_from_etag(etag) is None:
+    if objectinfo.needs_part_table(env.layout, etag):
         table = await part_table(ctx, bucket, key, env, etag, ct_total, first_header)
-        return ct_total - len(table) * sizes.K_PART_OVERHEAD
+        return objectinfo.size_from_table(env.layout, table)
     return plaintext_size(env, ct_total, etag)
