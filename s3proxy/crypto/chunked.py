@@ -252,6 +252,29 @@ class _ChunkReader:
             raise Truncated(f"stream ended inside chunk {self._k}")
 
 
+class _ReaderStream(_Stream):
+    """A decryptor whose chunks come from one ``_ChunkReader`` (``self._reader``, set by the
+    subclass's constructor): failures latch, ``finalize`` checks the span was complete."""
+
+    _reader: _ChunkReader
+
+    def update(self, data: Buffer) -> bytearray:
+        self._guard()
+        try:
+            return self._reader.update(data)
+        except FormatError as exc:
+            self._fail(exc)
+
+    def finalize(self) -> bytearray:
+        self._guard()
+        try:
+            self._reader.finalize()
+        except FormatError as exc:
+            self._fail(exc)
+        self._finalized = True
+        return bytearray()
+
+
 class _ChunkWriter:
     """Encrypts a plaintext stream into chunks of ``cs`` bytes (same geometry
     as ``_ChunkReader``).

@@ -27,6 +27,7 @@ from s3proxy.crypto.chunked import (
     _ChunkReader,
     _ChunkWriter,
     _k_okm,
+    _ReaderStream,
     _split_okm,
     _Stream,
     _view,
@@ -168,7 +169,7 @@ class KPartEncryptor(_Stream):
         return bytearray(self._prefix())
 
 
-class KPartDecryptor(_Stream):
+class KPartDecryptor(_ReaderStream):
     """Decrypts one K part, whole or a ``k_span`` of it (FORMAT.md 2.3).
 
     ``header`` is the part's first 70 bytes. ``c_part``, the part's length as
@@ -217,22 +218,6 @@ class KPartDecryptor(_Stream):
         self._reader = _ChunkReader(
             aead, base, cs, p, span.first_chunk, span.last_chunk, pt_start, pt_start + span.length
         )
-
-    def update(self, data: Buffer) -> bytearray:
-        self._guard()
-        try:
-            return self._reader.update(data)
-        except FormatError as exc:
-            self._fail(exc)
-
-    def finalize(self) -> bytearray:
-        self._guard()
-        try:
-            self._reader.finalize()
-        except FormatError as exc:
-            self._fail(exc)
-        self._finalized = True
-        return bytearray()
 
 
 class PartNumberSequence:

@@ -20,6 +20,7 @@ from s3proxy.crypto.chunked import (
     _ChunkReader,
     _ChunkWriter,
     _cobblestone_okm,
+    _ReaderStream,
     _split_okm,
     _Stream,
     _view,
@@ -28,7 +29,6 @@ from s3proxy.crypto.chunked import (
 from s3proxy.crypto.errors import (
     ChunkAuthenticationFailed,
     CommitmentMismatch,
-    FormatError,
     TrailingData,
     Truncated,
 )
@@ -211,7 +211,7 @@ class SDecryptor(_Stream):
         return bytearray(tail)
 
 
-class SRangeDecryptor(_Stream):
+class SRangeDecryptor(_ReaderStream):
     """Random-access decryption of plaintext ``[start, end)`` of an S object.
 
     ``header`` is the body's first 56 bytes, ``p`` the object's plaintext
@@ -249,19 +249,3 @@ class SRangeDecryptor(_Stream):
         self._reader = _ChunkReader(
             aead, base, CHUNK_SIZE, p, span.first_chunk, span.last_chunk, pt_start, pt_start + span.length
         )
-
-    def update(self, data: Buffer) -> bytearray:
-        self._guard()
-        try:
-            return self._reader.update(data)
-        except FormatError as exc:
-            self._fail(exc)
-
-    def finalize(self) -> bytearray:
-        self._guard()
-        try:
-            self._reader.finalize()
-        except FormatError as exc:
-            self._fail(exc)
-        self._finalized = True
-        return bytearray()
