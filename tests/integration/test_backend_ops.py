@@ -50,6 +50,7 @@ def test_list_pages_decodes_keys_and_pages(backend: Any, raw: Any) -> None:
         assert [k for p in run(backend, bucket, lambda s: collect(s, after="a+b")) for k in p] == keys[3:]
 
 
+@pytest.mark.needs('part_number', 'multipart_etags')
 def test_part_table_of_a_k_object_and_header_walk(backend: Any, proxy: Any, raw: Any) -> None:
     s3 = proxy.client()
     with temp_bucket(s3) as bucket:
@@ -86,6 +87,7 @@ def test_part_table_refuses_planted_bytes(backend: Any, raw: Any) -> None:
             run(backend, bucket, lambda s: ops.k_part_table(s, "short", etag, 32, None))
 
 
+@pytest.mark.needs('conditional_writes')
 def test_self_copy_replaces_metadata_only_if_unchanged(backend: Any, raw: Any) -> None:
     with temp_bucket(raw) as bucket:
         raw.put_object(Bucket=bucket, Key="s", Body=b"body", ContentType="text/plain", Metadata={"a": "1"})
@@ -104,6 +106,7 @@ def test_self_copy_replaces_metadata_only_if_unchanged(backend: Any, raw: Any) -
             run(backend, bucket, lambda s: ops.self_copy(s, "gone", etag, {}))
 
 
+@pytest.mark.needs('upload_part_copy', 'tagging', 'part_number')
 def test_multipart_copy_keeps_parts_and_tags(backend: Any, raw: Any) -> None:
     with temp_bucket(raw) as bucket:
         parts = [os.urandom(5 << 20), os.urandom(300)]

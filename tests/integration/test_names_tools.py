@@ -70,6 +70,7 @@ def stored_keys(raw: Any, bucket: str) -> list[str]:
     return [o["Key"] for o in raw.list_objects_v2(Bucket=bucket).get("Contents", [])]
 
 
+@pytest.mark.needs('upload_part_copy')
 def test_rewrap_a_names_bucket(backend: Backend, nproxy: Proxy, s3: Any, raw: Any, bucket: str, tmp_path: Path) -> None:
     objs = seed(s3, bucket)
     parts = [os.urandom(5 * MiB), os.urandom(1000)]
