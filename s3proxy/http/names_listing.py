@@ -206,7 +206,6 @@ def max_keys_of(ctx: Ctx) -> int:
 
 
 async def list_objects(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http.listing import resolve_listing
 
     r = ctx.route
     v2 = r.q("list-type") == "2"
@@ -238,14 +237,25 @@ async def list_objects(ctx: Ctx) -> web.StreamResponse:
         head.append(el("Marker", out_text(r.q("marker") or "", url)))
         if truncated:
             head.append(el("NextMarker", out_text(page[-1].key, url)))
+    return await send_page(ctx, b"ListBucketResult", head, page, url, max_keys, delimiter, truncated)
+
+
+async def send_page(
+    ctx: Ctx, root: bytes, head: list[bytes], page: list[Item], url: bool, max_keys: int, delimiter: str,
+    truncated: bool,
+) -> web.StreamResponse:
+    """The common tail of a listing answer (ListBucketResult or ListVersionsResult): the paging
+    elements after ``head``, then the page's entries and common prefixes, sizes resolved."""
+    from s3proxy.http.listing import resolve_listing
+
     head.append(el("MaxKeys", b"%d" % max_keys))
     if delimiter:
         head.append(el("Delimiter", out_text(delimiter, url)))
     if url:
         head.append(el("EncodingType", b"url"))
     head.append(el("IsTruncated", b"true" if truncated else b"false"))
-    xml = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    xml = (b'<?xml version="1.0" encoding="UTF-8"?>\n<' + root + b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
            + b"".join(head) + b"".join(entry_xml(i, url) for i in page if i.entry is not None)
-           + b"".join(entry_xml(i, url) for i in page if i.entry is None) + b"</ListBucketResult>")
+           + b"".join(entry_xml(i, url) for i in page if i.entry is None) + b"</" + root + b">")
     hdrs = response_headers({"Content-Type": "application/xml"}, ctx.request_id)
     return web.Response(status=200, body=await resolve_listing(ctx, xml), headers=hdrs)

@@ -14,8 +14,17 @@ from xml.sax.saxutils import escape
 from aiohttp import web
 
 from s3proxy.aws.errors import S3Error
-from s3proxy.http.ctx import Ctx, response_headers
-from s3proxy.http.names_listing import Item, cipher_of, el, entry_xml, max_keys_of, out_text, read_level, xml_text
+from s3proxy.http.ctx import Ctx
+from s3proxy.http.names_listing import (
+    Item,
+    cipher_of,
+    el,
+    max_keys_of,
+    out_text,
+    read_level,
+    send_page,
+    xml_text,
+)
 
 _VID = re.compile(rb"<VersionId>([^<]*)</VersionId>")
 
@@ -36,7 +45,6 @@ def _after(items: list[Item], key_marker: str | None, vid_marker: str | None) ->
 
 
 async def list_versions(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http.listing import resolve_listing
 
     r = ctx.route
     prefix, delimiter = r.q("prefix") or "", r.q("delimiter") or ""
@@ -56,14 +64,4 @@ async def list_versions(ctx: Ctx) -> web.StreamResponse:
         vid = _vid(page[-1])
         if vid is not None:
             head.append(el("NextVersionIdMarker", escape(vid).encode()))
-    head.append(el("MaxKeys", b"%d" % max_keys))
-    if delimiter:
-        head.append(el("Delimiter", out_text(delimiter, url)))
-    if url:
-        head.append(el("EncodingType", b"url"))
-    head.append(el("IsTruncated", b"true" if truncated else b"false"))
-    xml = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListVersionsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-           + b"".join(head) + b"".join(entry_xml(i, url) for i in page if i.entry is not None)
-           + b"".join(entry_xml(i, url) for i in page if i.entry is None) + b"</ListVersionsResult>")
-    hdrs = response_headers({"Content-Type": "application/xml"}, ctx.request_id)
-    return web.Response(status=200, body=await resolve_listing(ctx, xml), headers=hdrs)
+    return await send_page(ctx, b"ListVersionsResult", head, page, url, max_keys, delimiter, truncated)
