@@ -331,7 +331,7 @@ async def map_if_match(ctx: Ctx, bucket: str, key: str, headers: dict[str, str],
     """A conditional write's ``If-Match`` (PutObject, CompleteMultipartUpload) with the target's
     client-facing ETag replaced by its backend ETag, as ``mapped_conditions`` does for reads: one
     HEAD (and, for v2, one DEK lookup), only when ``If-Match`` is present."""
-    if "if-match" in headers and "if-match" in {k.lower() for k in ctx.request.headers}:
+    if "if-match" in headers and "If-Match" in ctx.request.headers:  # case-insensitive
         headers["if-match"] = (await mapped_conditions(ctx, bucket, key, [], op=op)).get("if-match", headers["if-match"])
     return headers
 
