@@ -16,7 +16,6 @@ object stored with ``Content-Encoding: gzip`` is returned byte for byte.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import hashlib
 import re
 import ssl
@@ -41,12 +40,6 @@ UNSIGNED = "UNSIGNED-PAYLOAD"
 class BackendCredentials:
     access_key: str
     secret_key: str
-
-
-# Per-identity backend credentials for the request being served (set by dispatch).
-REQUEST_CREDENTIALS: contextvars.ContextVar[BackendCredentials | None] = contextvars.ContextVar(
-    "s3proxy_backend_credentials", default=None
-)
 
 
 class BackendBusy(S3Error, aiohttp.ClientConnectionError):
@@ -195,7 +188,7 @@ class BackendClient:
     ) -> aiohttp.ClientResponse:
         """Send one signed request; the caller reads and releases the response."""
         assert self._session is not None, "BackendClient.start() not called"
-        creds = credentials or REQUEST_CREDENTIALS.get() or self.credentials
+        creds = credentials or self.credentials
         hdrs: dict[str, str] = {k.lower(): v for k, v in headers.items()} if headers else {}
         if self.names is not None:
             if key is not None and not raw_key:
@@ -237,3 +230,31 @@ class BackendClient:
         url = URL(self._origin + path + (("?" + qs) if qs else ""), encoded=True)
         self.requests_sent += 1
         return await self._session.request(method, url, headers=hdrs, data=body, allow_redirects=False)
+
+
+class BoundBackend:
+    """The backend client and the credentials that sign one caller's requests, passed explicitly:
+    an identity's own backend credentials, or the proxy's (``Ctx.backend``)."""
+
+    __slots__ = ("client", "credentials")
+    copy_source = staticmethod(BackendClient.copy_source)
+
+    def __init__(self, client: BackendClient, credentials: BackendCredentials | None = None) -> None:
+        self.client = client
+        self.credentials = credentials or client.credentials
+
+    async def request(
+        self,
+        method: str,
+        bucket: str | None,
+        key: str | None = None,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: bytes | AsyncIterable[bytes | bytearray | memoryview] | None = None,
+        content_length: int | None = None,
+        raw_key: bool = False,
+    ) -> aiohttp.ClientResponse:
+        """``BackendClient.request`` signed with these credentials."""
+        return await self.client.request(method, bucket, key, query=query, headers=headers, body=body,
+                                         content_length=content_length, credentials=self.credentials, raw_key=raw_key)

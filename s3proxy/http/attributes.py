@@ -28,7 +28,7 @@ from s3proxy.http.objects import client_etag, read_envelope, unencrypted, unseal
 async def get_object_attributes(ctx: Ctx) -> web.StreamResponse:
 
     # The envelope first: an SSE-C object's attributes (its size) need its key, as in S3.
-    head = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key, query=version_query(ctx))
+    head = await ctx.backend.request("HEAD", ctx.bucket, ctx.key, query=version_query(ctx))
     head.release()
     env = read_envelope(head.headers) if head.status == 200 else None
     contents: SealContents | None = None
@@ -47,7 +47,7 @@ async def get_object_attributes(ctx: Ctx) -> web.StreamResponse:
     query = list(ctx.route.query)
     if head.status == 200 and not version_query(ctx) and head.headers.get("x-amz-version-id", "null") != "null":
         query.append(("versionId", head.headers["x-amz-version-id"]))  # the version whose key was checked
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "GET", ctx.bucket, ctx.key, query=query,
         headers=forward_headers(ctx.request.headers, body_changed=False, drop=[sse.C_ALG, sse.C_KEY, sse.C_MD5]),
     )

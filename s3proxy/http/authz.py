@@ -279,7 +279,7 @@ async def list_buckets(ctx: Ctx) -> web.StreamResponse:
     ident = ctx.caller.identity
     if ident is None:
         raise access_denied()
-    resp = await ctx.state.backend.request("GET", None, query=list(ctx.route.query))
+    resp = await ctx.backend.request("GET", None, query=list(ctx.route.query))
     if resp.status != 200:
         return await backend_error(ctx, resp)
     try:

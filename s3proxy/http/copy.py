@@ -113,7 +113,7 @@ async def open_copy_source(ctx: Ctx, op: str) -> CopySource:
         raise S3Error("NotImplemented", "copying from a passthrough bucket into an encrypted one is not supported", 501)
     vq = [("versionId", version)] if version else []
     conds = await mapped_conditions(ctx, bucket, key, vq, "x-amz-copy-source-")
-    head = await ctx.state.backend.request("HEAD", bucket, key, query=vq, headers=conds)
+    head = await ctx.backend.request("HEAD", bucket, key, query=vq, headers=conds)
     head.release()
     if head.status != 200:
         if head.status == 404:
@@ -197,7 +197,7 @@ async def _copy_object(ctx: Ctx, src: CopySource) -> web.StreamResponse:
         return await copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers, mp_tags or None)
     headers["x-amz-copy-source"] = ctx.state.backend.copy_source(src_bucket, src_key, src_version)
     headers["x-amz-metadata-directive"] = "REPLACE"
-    resp = await ctx.state.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
+    resp = await ctx.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
     if resp.status != 200:
         return await backend_error(ctx, resp)
     body = await resp.read()
@@ -325,7 +325,7 @@ async def _source_tagging(ctx: Ctx, bucket: str, key: str, vq: list[tuple[str, s
     """The source object's tags as an ``x-amz-tagging`` header value ('' if none)."""
     from urllib.parse import quote
 
-    r = await ctx.state.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
+    r = await ctx.backend.request("GET", bucket, key, query=[("tagging", ""), *vq])
     body = await read_at_most(r, 1 << 16)
     r.release()
     if r.status != 200:
@@ -364,7 +364,7 @@ async def copy_multipart(
     etag = src_headers.get("ETag", "")
     total = backend_length(src_headers)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
-    backend = ctx.state.backend
+    backend = ctx.backend
     create_headers = {k: v for k, v in headers.items()
                       if not k.startswith("x-amz-copy-source-if-") and not k.startswith("x-amz-tagging")}
     if tags:

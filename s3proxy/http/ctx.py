@@ -11,13 +11,14 @@ import base64
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
 from s3proxy.aws.errors import S3Error
-from s3proxy.backend.client import REQUEST_CREDENTIALS, BackendCredentials
+from s3proxy.backend.client import BackendCredentials, BoundBackend
 from s3proxy.config import BucketSettings
 from s3proxy.http.auth import Caller
 from s3proxy.http.router import Route
@@ -61,6 +62,16 @@ class Ctx:
     caller: Caller
     state: AppState
 
+    @cached_property
+    def backend(self) -> BoundBackend:
+        """The backend, signing with the caller's identity's own backend credentials when it has
+        them (a limited identity stays limited at the backend), else with the proxy's."""
+        ident = self.caller.identity
+        creds = None
+        if ident is not None and ident.backend_access_key is not None and ident.backend_secret_key is not None:
+            creds = BackendCredentials(ident.backend_access_key.get_secret_value(), ident.backend_secret_key.get_secret_value())
+        return BoundBackend(self.state.backend, creds)
+
     @property
     def request_id(self) -> str:
         return str(self.request[REQUEST_ID])
@@ -90,19 +101,6 @@ class Ctx:
 
 
 Handler = Callable[[Ctx], Awaitable[web.StreamResponse]]
-
-
-async def run_as(ctx: Ctx, handler: Handler) -> web.StreamResponse:
-    """Call ``handler`` with the backend credentials of the caller's identity, if it has its own."""
-    ident = ctx.caller.identity
-    creds = None
-    if ident is not None and ident.backend_access_key is not None and ident.backend_secret_key is not None:
-        creds = BackendCredentials(ident.backend_access_key.get_secret_value(), ident.backend_secret_key.get_secret_value())
-    token = REQUEST_CREDENTIALS.set(creds)
-    try:
-        return await handler(ctx)
-    finally:
-        REQUEST_CREDENTIALS.reset(token)
 
 
 def reject_reserved_metadata(headers: Mapping[str, str]) -> None:
@@ -316,7 +314,7 @@ async def send_streamed(
     """Upload a streamed body; an error in the body aborts the request and is re-raised."""
     cap = _Capture()
     try:
-        return await ctx.state.backend.request(
+        return await ctx.backend.request(
             method, bucket, key, query=query, headers=headers, body=cap.wrap(body), content_length=content_length
         )
     except Exception as e:

@@ -76,9 +76,6 @@ from s3proxy.http.ctx import (
     response_headers as response_headers,
 )
 from s3proxy.http.ctx import (
-    run_as as run_as,
-)
-from s3proxy.http.ctx import (
     send_streamed as send_streamed,
 )
 from s3proxy.http.router import bad_number, is_browser_form, route, unsupported_reason
@@ -110,7 +107,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     caller = request.get(CALLER) or authenticate(request, state.settings)
     ctx = Ctx(request, r, caller, state)
     authorise(ctx)
-    return await run_as(ctx, _dispatch_op)
+    return await _dispatch_op(ctx)
 
 
 async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
@@ -185,7 +182,7 @@ async def passthrough(ctx: Ctx) -> web.StreamResponse:
     request, r = ctx.request, ctx.route
     body = RequestBody(request, ctx.caller.auth)
     headers = forward_headers(request.headers, body_changed=False)
-    backend = ctx.state.backend
+    backend = ctx.backend
     query = list(r.query)
     big = r.op in ("PutObject", "UploadPart")
     if big:

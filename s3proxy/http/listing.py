@@ -154,7 +154,7 @@ _ANY_ENTRY = re.compile(rb"<(?:Contents|CommonPrefixes|Version|DeleteMarker)>")
 
 
 async def _backend_page(ctx: Ctx, query: list[tuple[str, str]]) -> tuple[bytes, CIMultiDict[str]] | web.StreamResponse:
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "GET", ctx.bucket, None, query=query, headers=forward_headers(ctx.request.headers, body_changed=False),
     )
     if resp.status != 200:
@@ -386,7 +386,7 @@ async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vi
     bucket, key, etag, size = ck
     vq = [("versionId", vid)] if vid else []
     try:
-        resp = await ctx.state.backend.request("HEAD", bucket, key, query=vq, headers={"If-Match": etag})
+        resp = await ctx.backend.request("HEAD", bucket, key, query=vq, headers={"If-Match": etag})
         resp.release()
     except aiohttp.ClientError as e:
         raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e

@@ -117,7 +117,7 @@ async def backend_part_sizes(ctx: Ctx, backend_id: str) -> dict[int, tuple[int, 
     for _ in range(objectinfo.MAX_PART_NUMBER // 1000 + 2):
         query = [("uploadId", backend_id), ("max-parts", "1000"), *marker]
         try:
-            resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=query)
+            resp = await ctx.backend.request("GET", ctx.bucket, ctx.key, query=query)
         except aiohttp.ClientError as e:
             raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
         data = await read_at_most(resp, 16 << 20)

@@ -136,7 +136,7 @@ async def _upload_listed(ctx: Ctx, backend_id: str) -> bool:
     for _ in range(_MAX_LIST_PAGES):
         query = [("uploads", ""), ("prefix", key), ("max-uploads", "1000"), *markers]
         try:
-            resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
+            resp = await ctx.backend.request("GET", ctx.bucket, None, query=query)
         except aiohttp.ClientError as e:
             raise S3Error("ServiceUnavailable", "the storage backend is unreachable", 503) from e
         data = await read_at_most(resp, 8 << 20)
@@ -178,7 +178,7 @@ async def create(ctx: Ctx) -> web.StreamResponse:
         # Complete can write the manifest only with the DEK, which SSE-C uploads hold back.
         sealed = dataclasses.replace(sealed, manifest=True)
     env = make_envelope(dek, "K", new_object_id(), wrapped, context, bucket, key, sealed=sealed)
-    resp = await ctx.state.backend.request("POST", bucket, key, query=list(ctx.route.query), headers=write_headers(ctx, env))
+    resp = await ctx.backend.request("POST", bucket, key, query=list(ctx.route.query), headers=write_headers(ctx, env))
     if resp.status != 200:
         return await backend_error(ctx, resp)
     body = await read_at_most(resp, 1 << 20)
@@ -207,7 +207,7 @@ async def create(ctx: Ctx) -> web.StreamResponse:
 
 async def _abort_backend(ctx: Ctx, backend_id: str) -> None:
     try:
-        r = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", backend_id)])
+        r = await ctx.backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", backend_id)])
         r.release()
     except aiohttp.ClientError:
         log.warning("create_abort_failed", bucket=ctx.bucket)
@@ -357,7 +357,7 @@ async def complete(ctx: Ctx) -> web.StreamResponse:
     xml = xmlsafe.complete_xml(parts, include_checksums=False)
     headers = forward_headers(ctx.request.headers, body_changed=True, drop=["x-amz-mp-object-size"])
     headers = await map_if_match(ctx, ctx.bucket, ctx.key, headers, "CompleteMultipartUpload")
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "POST", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id), headers=headers, body=xml,
     )
     if resp.status != 200:
@@ -402,7 +402,7 @@ async def _learn_multipart_etags(ctx: Ctx) -> None:
     if ctx.state.settings.backend.multipart_etags != "auto" or memo.multipart_etags_known(ctx):
         return
     try:
-        resp = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key)
+        resp = await ctx.backend.request("HEAD", ctx.bucket, ctx.key)
     except aiohttp.ClientError:
         return
     resp.release()
@@ -412,7 +412,7 @@ async def _learn_multipart_etags(ctx: Ctx) -> None:
 
 async def abort(ctx: Ctx) -> web.StreamResponse:
     backend_id, _ = await _checked_backend_id(ctx, "AbortMultipartUpload")
-    resp = await ctx.state.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
+    resp = await ctx.backend.request("DELETE", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
     if resp.status in (204, 200, 404):  # 404: gone already; its sidecar too
         await sidecars.delete_upload(ctx, backend_id, parts=None)
     return await relay(ctx, resp)
@@ -428,7 +428,7 @@ async def list_parts(ctx: Ctx) -> web.StreamResponse:
             backend_id, _ = await _checked_backend_id(ctx, "ListParts")
         else:
             backend_id = up.backend_id
-        resp = await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
+        resp = await ctx.backend.request("GET", ctx.bucket, ctx.key, query=_backend_query(ctx, backend_id))
         if resp.status != 200:
             return await backend_error(ctx, resp)
         body = await read_at_most(resp, 16 << 20)
@@ -448,7 +448,7 @@ async def list_uploads(ctx: Ctx) -> web.StreamResponse:
     upload sidecars), without the proxy's own keys; an ``upload-id-marker`` may be either id."""
     marker = ctx.route.q("upload-id-marker")
     query = [(k, sidecars.backend_marker(v) if k == "upload-id-marker" else v) for k, v in ctx.route.query]
-    resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
+    resp = await ctx.backend.request("GET", ctx.bucket, None, query=query)
     if resp.status != 200:
         return await backend_error(ctx, resp)
     body = await read_at_most(resp, 16 << 20)

@@ -139,7 +139,7 @@ async def read_level(ctx: Ctx, cipher: names.NameCipher, prefix: str, delimiter:
 
 
 async def _backend_page(ctx: Ctx, query: list[tuple[str, str]]) -> bytes:
-    resp = await ctx.state.backend.request("GET", ctx.bucket, None, query=query)
+    resp = await ctx.backend.request("GET", ctx.bucket, None, query=query)
     try:
         if resp.status != 200:
             raise S3Error("ServiceUnavailable", f"the storage backend answered {resp.status} to a listing", 503)

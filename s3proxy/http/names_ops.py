@@ -173,7 +173,7 @@ async def delete_objects(ctx: Ctx) -> web.StreamResponse:
         objects.append((stored, version))
     xml = xmlsafe.delete_xml(dataclasses.replace(req, objects=objects))
     headers = _rewritten_body_headers(forward_headers(ctx.request.headers, body_changed=False), xml)
-    resp = await ctx.state.backend.request("POST", ctx.bucket, None, query=list(ctx.route.query), headers=headers, body=xml)
+    resp = await ctx.backend.request("POST", ctx.bucket, None, query=list(ctx.route.query), headers=headers, body=xml)
     if resp.status != 200:
         return await backend_error(ctx, resp)
     try:

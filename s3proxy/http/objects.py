@@ -299,7 +299,7 @@ async def mapped_conditions(
     conds = cond_headers(ctx, prefix)
     if not any(c in conds for c in _ETAG_CONDITIONS):
         return conds
-    head = await ctx.state.backend.request("HEAD", bucket, key, query=vq)
+    head = await ctx.backend.request("HEAD", bucket, key, query=vq)
     head.release()
     backend_etag = head.headers.get("ETag")
     if head.status != 200 or not backend_etag:
@@ -465,7 +465,7 @@ async def _seal_late_checksum(
     headers["x-amz-metadata-directive"] = "REPLACE"
     headers["x-amz-copy-source-if-match"] = headers["if-match"] = put_headers["ETag"]
     try:
-        resp = await ctx.state.backend.request("PUT", bucket, key, headers=headers)
+        resp = await ctx.backend.request("PUT", bucket, key, headers=headers)
         await resp.read()
         resp.release()
     except aiohttp.ClientError:

@@ -64,7 +64,6 @@ from s3proxy.http.ctx import (
     forward_headers,
     reject_reserved_metadata,
     response_headers,
-    run_as,
     send_streamed,
 )
 from s3proxy.http.postpolicy import (
@@ -311,11 +310,7 @@ async def _post(request: web.Request, post_ctx: Ctx, bucket: str) -> web.StreamR
             raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size", 400,
                           extra={"ProposedSize": str(spool.length), "MinSizeAllowed": str(lo)})
         ctx = Ctx(_with_sse_fields(request, headers), route, Caller(ident, None), state)
-
-        async def store(c: Ctx) -> web.StreamResponse:
-            return await _store(c, bucket, key, spool, headers)
-
-        stored = await run_as(ctx, store)
+        stored = await _store(ctx, bucket, key, spool, headers)
     finally:
         spool.close()
     if stored.status != 200 or stored.prepared:

@@ -62,7 +62,7 @@ SMALL_OBJECT = 128 * 1024
 async def head_object(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
     part_number = ctx.route.q("partNumber")
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "HEAD", bucket, key, query=version_query(ctx), headers=await read_conditions(ctx)
     )
     if resp.status != 200:
@@ -77,7 +77,7 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
             if served is not None:
                 return served
         if ctx.bucket_settings.allows_unencrypted(ctx.key):
-            return await relay(ctx, await ctx.state.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=read_headers(ctx)))
+            return await relay(ctx, await ctx.backend.request("HEAD", bucket, key, query=list(ctx.route.query), headers=read_headers(ctx)))
         raise unencrypted(ctx)
     sse.check_customer_key(ctx, env)
     # HEAD answers only for an object whose envelope is bound to this bucket and key, as GET
@@ -193,7 +193,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     if parallel:
         # The first segment comes with the metadata; the rest, if any, in parallel.
         headers["Range"] = f"bytes=0-{backend_cfg.get_segment_size - 1}"
-    resp = await ctx.state.backend.request("GET", bucket, key, query=_passthrough_query(ctx), headers=headers)
+    resp = await ctx.backend.request("GET", bucket, key, query=_passthrough_query(ctx), headers=headers)
     if resp.status == 416 and parallel:
         resp.release()
         return await _foreign_or_refuse(ctx)  # an empty object: never one of ours
@@ -331,7 +331,7 @@ async def fetch_bytes(ctx: Ctx, bucket: str, key: str, start: int, end: int, eta
     """Ciphertext [start, end) of a stored object, pinned to ``etag``."""
     if end <= start:
         return b""
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "GET", bucket, key, query=query, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
     )
     try:
@@ -354,7 +354,7 @@ async def fetch_pieces(
     second copy (joining each 4 MiB segment was a quarter of a large GET's CPU)."""
     if end <= start:
         return []
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "GET", bucket, key, query=query, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
     )
     try:
@@ -417,7 +417,7 @@ async def part_table(
 
 async def _get_partial(ctx: Ctx) -> web.StreamResponse:
     bucket, key = ctx.bucket, ctx.key
-    probe = await ctx.state.backend.request(
+    probe = await ctx.backend.request(
         "GET", bucket, key, query=_passthrough_query(ctx),
         headers={**await read_conditions(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
     )
@@ -501,7 +501,7 @@ async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
     hdrs = read_headers(ctx)
     if "Range" in ctx.request.headers:
         hdrs["Range"] = ctx.request.headers["Range"]
-    return await relay(ctx, await ctx.state.backend.request("GET", ctx.bucket, ctx.key, query=list(ctx.route.query), headers=hdrs))
+    return await relay(ctx, await ctx.backend.request("GET", ctx.bucket, ctx.key, query=list(ctx.route.query), headers=hdrs))
 
 
 async def _stream_ciphertext(
@@ -510,7 +510,7 @@ async def _stream_ciphertext(
     if end <= len(head):
         yield head[start:end]
         return
-    resp = await ctx.state.backend.request(
+    resp = await ctx.backend.request(
         "GET", bucket, key, query=q, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
     )
     try:

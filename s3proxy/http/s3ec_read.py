@@ -70,7 +70,7 @@ async def describe(ctx: Ctx, headers: Mapping[str, str], bucket: str, key: str) 
 
 
 async def _instruction_file(ctx: Ctx, bucket: str, key: str, *, required: bool) -> dict[str, str] | None:
-    resp = await ctx.state.backend.request("GET", bucket, key, query=[], headers={})
+    resp = await ctx.backend.request("GET", bucket, key, query=[], headers={})
     try:
         if resp.status == 404:
             if required:
@@ -134,7 +134,7 @@ async def head(ctx: Ctx, backend_headers: Mapping[str, str]) -> web.StreamRespon
 async def get(ctx: Ctx, query: list[tuple[str, str]], headers: dict[str, str]) -> web.StreamResponse | None:
     """GET of an S3EC object, whole or ranged, or None when the object is not one (the caller refuses)."""
     bucket, key = ctx.bucket, ctx.key
-    resp = await ctx.state.backend.request("GET", bucket, key, query=query, headers=headers)
+    resp = await ctx.backend.request("GET", bucket, key, query=query, headers=headers)
     try:
         if resp.status != 200:
             return await backend_error(ctx, resp)

@@ -250,7 +250,7 @@ async def delete_bucket(ctx: Ctx) -> web.StreamResponse:
     """DeleteBucket of an encrypted bucket: when the backend answers ``BucketNotEmpty`` and the
     only keys left are the proxy's own (``.s3proxy/``: records of deleted objects), remove them
     (every version) and delete the bucket again; otherwise the backend's answer as it was."""
-    resp = await ctx.state.backend.request("DELETE", ctx.bucket, None)
+    resp = await ctx.backend.request("DELETE", ctx.bucket, None)
     if resp.status != 409:
         return await relay(ctx, resp)
     data = await read_at_most(resp, 1 << 16)
@@ -258,7 +258,7 @@ async def delete_bucket(ctx: Ctx) -> web.StreamResponse:
     again = b"BucketNotEmpty" in data and await _only_reserved_keys(ctx) and await _purge_reserved(ctx)
     if not again:
         return web.Response(status=409, body=data, headers=response_headers(resp.headers, ctx.request_id))
-    return await relay(ctx, await ctx.state.backend.request("DELETE", ctx.bucket, None))
+    return await relay(ctx, await ctx.backend.request("DELETE", ctx.bucket, None))
 
 
 async def _list(ctx: Ctx, query: list[tuple[str, str]]) -> bytes | None:

@@ -58,7 +58,7 @@ def handler_for(ctx: Ctx) -> Handler | None:
 
 
 async def _head(ctx: Ctx, vq: list[tuple[str, str]]) -> aiohttp.ClientResponse:
-    resp = await ctx.state.backend.request("HEAD", ctx.bucket, ctx.key, query=vq)
+    resp = await ctx.backend.request("HEAD", ctx.bucket, ctx.key, query=vq)
     resp.release()
     if resp.status == 200:
         return resp
@@ -180,7 +180,7 @@ async def _self_copy(ctx: Ctx, head: Mapping[str, str], env: Envelope, new_env: 
     leaves a version's ETag as it was) and is pinned on both sides to the HEADed ETag
     (``x-amz-copy-source-if-match`` and ``If-Match``, on Complete for a K object): a write
     that landed meanwhile fails it (412, the caller reads again), a DELETE makes it 404."""
-    backend = ctx.state.backend
+    backend = ctx.backend
     etag = head.get("ETag", "")
     headers = copy_headers(head, new_env)
     if objectinfo.copied_by_parts(env.layout, etag):
