@@ -35,6 +35,7 @@ from s3proxy.config import NameSettings, Settings
 from s3proxy.crypto import names
 from s3proxy.keys.audit import AuditInfo
 from s3proxy.keys.base import KeyServiceError, KeyUnavailable, WrappedKey, zeroize
+from s3proxy.keys.manager import KeyManager
 from s3proxy.observability import get_logger
 
 log = get_logger("s3proxy.names")
@@ -86,7 +87,7 @@ def key_too_long(exc: names.KeyTooLong) -> S3Error:
 class BucketNames:
     """The name cipher of one bucket, loaded (or created) once."""
 
-    def __init__(self, client: BackendClient, keys: Any, bucket: str, settings: NameSettings, *,
+    def __init__(self, client: BackendClient, keys: KeyManager, bucket: str, settings: NameSettings, *,
                  create: bool = True) -> None:
         self.client, self.keys, self.bucket, self.settings = client, keys, bucket, settings
         self.create = create  # False in the offline tools: they never make a name key
@@ -183,7 +184,7 @@ class BucketNames:
 class NameMappers:
     """Every bucket's ``BucketNames`` (buckets listed in the settings and the default bucket's)."""
 
-    def __init__(self, client: BackendClient, settings: Settings, keys: Any, *, create: bool = True) -> None:
+    def __init__(self, client: BackendClient, settings: Settings, keys: KeyManager, *, create: bool = True) -> None:
         self.client, self.settings, self.keys, self.create = client, settings, keys, create
         self._buckets: dict[str, BucketNames] = {}
 
@@ -206,7 +207,7 @@ class NameMappers:
         return key if b is None else await b.stored_key(key)
 
 
-def register(client: BackendClient, settings: Settings, keys: Any, *, create: bool = True) -> NameMappers | None:
+def register(client: BackendClient, settings: Settings, keys: KeyManager, *, create: bool = True) -> NameMappers | None:
     """Install the name mappers on ``client`` when any bucket (or the default) encrypts names
     (``create=False``, the offline tools: a missing name key is an error, never made)."""
     client.names_registered = True

@@ -32,7 +32,9 @@ from s3proxy.backend.names_keys import (
     encode_sidecar,
     register,
 )
+from s3proxy.config import Settings
 from s3proxy.crypto import names
+from s3proxy.keys.manager import KeyManager
 
 __all__ = ["NAMES_KEY", "BucketNames", "NamesSetupError", "attach", "list_pages", "load", "looks_encrypted", "open_names", "plain_keys", "rewrap_name_key", "stored_prefix"]
 
@@ -41,7 +43,7 @@ class NamesSetupError(Exception):
     """The bucket's names cannot be served (missing or damaged name key, a prefix inside a name)."""
 
 
-def attach(client: BackendClient, settings: Any, keys: Any, bucket: str) -> BucketNames | None:
+def attach(client: BackendClient, settings: Settings, keys: KeyManager, bucket: str) -> BucketNames | None:
     """Register load-only name mappers on ``client``; the bucket's ``BucketNames`` (None: plain names)."""
     mappers: NameMappers | None = register(client, settings, keys, create=False)
     return mappers.for_bucket(bucket) if mappers is not None else None
@@ -66,7 +68,7 @@ def looks_encrypted(key: str) -> bool:
     return bool(segments) and all(s.startswith(names.MARK) and len(s) >= 23 for s in segments)
 
 
-async def open_names(client: BackendClient, settings: Any, keys: Any, bucket: str, *,
+async def open_names(client: BackendClient, settings: Settings, keys: KeyManager, bucket: str, *,
                      check: bool = True) -> BucketNames | None:
     """``attach``, then load the name key (``NamesSetupError`` if it cannot be).  ``check``: a
     bucket the configuration says nothing about but which holds a name key is refused (one
@@ -140,7 +142,7 @@ async def list_pages(store: ops.Store, bucket_names: BucketNames | None, prefix:
         yield [ops.ListedObject(key, page[i].size) for i, key in plain]
 
 
-async def rewrap_name_key(store: ops.Store, keys: Any, to_key: str, target_ids: set[str], audit: Any, *,
+async def rewrap_name_key(store: ops.Store, keys: KeyManager, to_key: str, target_ids: set[str], audit: Any, *,
                           dry_run: bool) -> tuple[str, str]:
     """Re-wrap the bucket's name key (``.s3proxy/names-key``) under ``to_key``, as ``rewrap`` does
     for data keys (a key retired after the rotation must not be needed to read names):

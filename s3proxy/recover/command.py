@@ -11,12 +11,13 @@ from typing import Any, BinaryIO
 
 from s3proxy.backend import names_tools
 from s3proxy.backend.client import BackendClient
+from s3proxy.config import Settings
 from s3proxy.keys.audit import AuditLog
 from s3proxy.recover.reader import Reader, SetupError, decrypt_one, describe, parse_range
 from s3proxy.recover.tree import Tree, print_tree_report
 
 
-async def run_decrypt(settings: Any, args: argparse.Namespace, out: BinaryIO, err: Any) -> int:
+async def run_decrypt(settings: Settings, args: argparse.Namespace, out: BinaryIO, err: Any) -> int:
     from s3proxy.keys.registry import build_key_manager
 
     target = settings.keys.audit.target

@@ -30,6 +30,7 @@ from s3proxy.crypto.manifest import (
 from s3proxy.crypto.objectinfo import parts_from_etag
 from s3proxy.keys.audit import AuditInfo
 from s3proxy.keys.base import KeyServiceError, zeroize
+from s3proxy.keys.manager import KeyManager
 
 META = "x-amz-meta-"
 
@@ -94,7 +95,7 @@ class Opened:
 class Reader:
     """Reads and decrypts objects of one bucket straight from the backend."""
 
-    def __init__(self, client: BackendClient, keys: Any, bucket: str, version_id: str | None = None) -> None:
+    def __init__(self, client: BackendClient, keys: KeyManager, bucket: str, version_id: str | None = None) -> None:
         self.client, self.keys, self.bucket = client, keys, bucket
         self.query = [("versionId", version_id)] if version_id else []
 
