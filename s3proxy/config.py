@@ -56,7 +56,7 @@ class BackendSettings(_Model):
     # object seen without it means no; until then plain-ETag listing entries are HEADed once
     # per ETag so sizes are exact); AWS endpoints (amazonaws.com) start as "yes".
     multipart_etags: Literal["auto", "yes", "no"] = "auto"
-    # What the backend can do (s3proxy.backend.capabilities, docs/BACKENDS.md): a named profile
+    # What the backend can do (s3proxy.backend.profiles/probes, docs/BACKENDS.md): a named profile
     # pins the documented set without a request; "auto" probes ``probe_bucket`` (scratch objects
     # under .s3proxy-probe/<random>/, all deleted) in the background at start and every
     # ``probe_interval`` seconds, each probe bounded by ``probe_timeout``.  No ``probe_bucket``:

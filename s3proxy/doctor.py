@@ -1,6 +1,6 @@
 """``s3proxy doctor``: what the configured backend can do, and what s3proxy does about it.
 
-Runs the capability probe (``s3proxy.backend.capabilities``) in one bucket the operator
+Runs the capability probe (``s3proxy.backend.probes``) in one bucket the operator
 names, prints one row per capability (result, what s3proxy does about it) and a verdict:
 
 * ``OK`` (exit 0): everything s3proxy uses is there;
@@ -35,16 +35,9 @@ from xml.sax.saxutils import escape, unescape
 import aiohttp
 from pydantic import SecretStr
 
-from s3proxy.backend.capabilities import (
-    CAPABILITIES,
-    Capabilities,
-    Finding,
-    from_profile,
-    new_prefix,
-    probe,
-    remove_prefix,
-)
 from s3proxy.backend.client import BackendClient
+from s3proxy.backend.probes import new_prefix, probe, remove_prefix
+from s3proxy.backend.profiles import CAPABILITIES, Capabilities, Finding, from_profile
 from s3proxy.config import BackendSettings, Grant, Identity, Settings
 
 Severity = Literal["fail", "warn", "info"]

@@ -1,10 +1,11 @@
-"""Multi-request S3 operations on a backend, shared by the proxy's tools (``rewrap``, the bulk
-jobs ``migrate`` and ``export``): retried small requests, listings, tags, part tables,
-metadata-only self-copies and multipart server-side copies.
+"""Multi-request S3 operations on a backend, shared by the proxy and its tools (``rewrap``, the
+bulk jobs ``migrate`` and ``export``): retried small requests, listings, tags, part tables and
+the multipart-upload primitives (the server-side copies built on them: ``backend.copies``).
 
 Every operation takes a ``Store`` (a ``BackendClient``, a bucket, and the credentials to sign
 with, passed explicitly) and returns data (keys, sizes, ETags, tables), never XML.  Failures
-raise ``OpError`` (``ObjectChanged`` when a condition on the object's ETag failed), whose
+raise ``OpError`` (``ObjectChanged`` when a condition on the object's ETag failed, ``ObjectGone``
+when it was deleted meanwhile, ``Refused`` when the backend refused a request with a 4xx), whose
 message says what went wrong and never carries key material or a secret.
 
 Backend XML is read with ``aws.xmlsafe`` (no DTDs, no entities).
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +29,7 @@ import aiohttp
 
 from s3proxy.aws import xmlsafe
 from s3proxy.aws.errors import S3Error
-from s3proxy.backend.client import BackendClient, BackendCredentials
+from s3proxy.backend.client import BackendClient, BackendCredentials, BoundBackend
 from s3proxy.crypto import streams
 from s3proxy.crypto.errors import FormatError
 from s3proxy.crypto.k_table import table_from_sizes
@@ -35,9 +37,9 @@ from s3proxy.crypto.objectinfo import parts_from_etag
 
 __all__ = [
     "ATTEMPTS", "BACKEND_SSE_HEADERS", "KEPT_HEADERS", "RETRY_STATUSES", "TRANSIENT_CODES", "ListedObject",
-    "ObjectChanged", "OpError", "Reply", "Store", "call", "describe", "error_code", "k_part_table", "list_pages",
-    "multipart_copy", "part_sizes", "parts_from_etag", "quoted", "read_at_most", "reply_etag", "run_all",
-    "self_copy", "tagging", "xml_root",
+    "ObjectChanged", "ObjectGone", "OpError", "Refused", "Reply", "Store", "abort", "call", "complete_body",
+    "create_upload", "describe", "error_code", "k_part_table", "list_pages", "part_sizes", "parts_from_etag",
+    "quoted", "read_at_most", "refused", "reply_etag", "run_all", "tagging", "xml_root",
 ]
 
 ATTEMPTS = 4
@@ -47,6 +49,7 @@ PART_CONCURRENCY = 8
 TAGGING_LIMIT = 64 << 10  # a tag set is at most 10 tags of 128 + 256 characters
 LISTING_LIMIT = 64 << 20
 ERROR_LIMIT = 64 << 10  # an S3 error document
+_IDENT = re.compile(r"[A-Za-z0-9.]{1,64}")  # an S3 error code that may be passed on
 
 # The headers of an object that writing it again (a metadata-replacing copy, a migration)
 # must send again.  The backend's own encryption (BACKEND_SSE_HEADERS) is kept only by a copy
@@ -79,6 +82,20 @@ class ObjectChanged(OpError):
     """A condition on the object's ETag failed: it was overwritten or deleted meanwhile."""
 
 
+class ObjectGone(ObjectChanged):
+    """The object was deleted meanwhile (a 404 about the object, not about an upload)."""
+
+
+class Refused(OpError):
+    """The backend refused a request with a 4xx: its ``status``, and its S3 error ``code`` when
+    it sent a plausible one (None otherwise)."""
+
+    def __init__(self, message: str, status: int, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Store:
     """A bucket of a backend, and whose credentials sign the requests (``None``: the client's own)."""
@@ -86,6 +103,11 @@ class Store:
     client: BackendClient
     bucket: str
     credentials: BackendCredentials | None = None
+
+    @classmethod
+    def bound(cls, backend: BoundBackend, bucket: str) -> Store:
+        """A bucket as one caller of the proxy sees it (``Ctx.backend``: signed with its credentials)."""
+        return cls(backend.client, bucket, backend.credentials)
 
 
 @dataclass
@@ -140,11 +162,6 @@ def reply_etag(reply: Reply) -> str | None:
     """The ETag of a copy or Complete answer (its XML body), else of the response headers."""
     root = xml_root(reply.body) if reply.body else None
     return (xmlsafe.child_text(root, "ETag") if root is not None else None) or reply.headers.get("ETag")
-
-
-def _xml_etag(reply: Reply) -> str | None:
-    root = xml_root(reply.body) if reply.status == 200 else None
-    return xmlsafe.child_text(root, "ETag") if root is not None else None
 
 
 # -- requests -------------------------------------------------------------------------------------
@@ -334,22 +351,17 @@ async def k_part_table(store: Store, key: str, etag: str, total: int, n: int | N
         raise OpError(f"the part headers do not make a part table ({type(exc).__name__})") from None
 
 
-# -- copies -------------------------------------------------------------------------------------------
+# -- multipart uploads ----------------------------------------------------------------------------
 
 
-async def self_copy(store: Store, key: str, etag: str, headers: Mapping[str, str]) -> str:
-    """Replace an object's metadata by a server-side copy onto itself (``headers``: everything the
-    copy writes), only if it is still ``etag``; the new ETag."""
-    h = {**headers, "x-amz-copy-source": BackendClient.copy_source(store.bucket, key),
-         "x-amz-copy-source-if-match": etag, "x-amz-metadata-directive": "REPLACE"}
-    r = await call(store, "PUT", key, headers=h, error_in_200=True)
-    if r.status == 412:
-        raise ObjectChanged("the object changed meanwhile (ETag differs)")
-    if r.status == 404:
-        raise ObjectChanged("the object was deleted meanwhile")
-    if r.status != 200:
-        raise OpError(f"server-side copy failed: {describe(r.status, r.body)}")
-    return _xml_etag(r) or etag
+def refused(what: str, reply: Reply) -> OpError:
+    """The error of a failed request: ``Refused`` for a 4xx (with its S3 error code when it has a
+    plausible one), else ``OpError``."""
+    message = f"{what} failed: {describe(reply.status, reply.body)}"
+    if 400 <= reply.status < 500:
+        code = (error_code(reply.body) or ("",))[0]
+        return Refused(message, reply.status, code if _IDENT.fullmatch(code) else None)
+    return OpError(message)
 
 
 def complete_body(etags: Sequence[str]) -> bytes:
@@ -365,53 +377,10 @@ async def abort(store: Store, key: str, upload_id: str) -> None:
 
 
 async def create_upload(store: Store, key: str, headers: Mapping[str, str]) -> str:
+    """CreateMultipartUpload; its upload id (``Refused`` when the backend refuses it with a 4xx)."""
     r = await call(store, "POST", key, query=[("uploads", "")], headers=headers)
     root = xml_root(r.body) if r.status == 200 else None
     upload_id = xmlsafe.child_text(root, "UploadId") if root is not None else None
     if not upload_id:
-        raise OpError(f"CreateMultipartUpload failed: {describe(r.status, r.body)}")
+        raise refused("CreateMultipartUpload", r)
     return upload_id
-
-
-async def _copy_part(store: Store, key: str, upload_id: str, i: int, source_range: str, etag: str) -> str:
-    r = await call(
-        store, "PUT", key, query=[("partNumber", str(i)), ("uploadId", upload_id)],
-        headers={"x-amz-copy-source": BackendClient.copy_source(store.bucket, key),
-                 "x-amz-copy-source-range": source_range, "x-amz-copy-source-if-match": etag},
-        error_in_200=True,
-    )
-    if r.status == 412:
-        raise ObjectChanged("the object changed meanwhile (ETag differs)")
-    part_etag = _xml_etag(r)
-    if part_etag is None:
-        raise OpError(f"server-side copy of part {i} failed: {describe(r.status, r.body)}")
-    return part_etag
-
-
-async def multipart_copy(
-    store: Store, key: str, etag: str, table: Sequence[tuple[int, int]], headers: Mapping[str, str]
-) -> str:
-    """Rewrite a multipart object onto itself with new metadata: CreateMultipartUpload with
-    ``headers``, one UploadPartCopy per (offset, length) of ``table`` (the same parts, the same
-    bytes), Complete with ``If-Match: etag``; aborted on any failure.  The new ETag."""
-    upload_id = await create_upload(store, key, headers)
-    sem = asyncio.Semaphore(PART_CONCURRENCY)
-    etags = [""] * len(table)
-
-    async def one(i: int, off: int, c: int) -> None:
-        async with sem:
-            etags[i - 1] = await _copy_part(store, key, upload_id, i, f"bytes={off}-{off + c - 1}", etag)
-
-    try:
-        await run_all([one(i, off, c) for i, (off, c) in enumerate(table, start=1)])
-        cr = await call(store, "POST", key, query=[("uploadId", upload_id)], headers={"If-Match": etag},
-                        body=complete_body(etags), error_in_200=True, retry=False)
-        if cr.status == 412:
-            raise ObjectChanged("the object changed meanwhile (ETag differs)")
-        new_etag = _xml_etag(cr)
-        if new_etag is None:
-            raise OpError(f"CompleteMultipartUpload failed: {describe(cr.status, cr.body)}")
-    except BaseException:
-        await asyncio.shield(abort(store, key, upload_id))
-        raise
-    return new_etag

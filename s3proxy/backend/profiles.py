@@ -1,9 +1,12 @@
 """Backend capabilities as values: the names, a finding per name, and the named profiles.
 
-Pure data (no I/O): ``s3proxy.backend.capabilities`` probes a backend and produces the same
+Pure data (no I/O): ``s3proxy.backend.probes`` probes a backend and produces the same
 ``Capabilities`` a profile gives.  ``PROFILES`` holds what each backend's documentation says;
 the sources are listed in docs/BACKENDS.md.  "unknown" means not documented either way, and
-s3proxy then behaves as if the capability were missing.
+s3proxy then behaves as if the capability were missing.  ``copies_pinned`` is the gate the
+proxy's self-copies ask (``s3proxy.http``).
+
+Imports nothing of the proxy (the probe, the watch and the handlers import it, never the reverse).
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 A copy decrypts the source (``http.reads``) and encrypts it again for the destination (a new
 envelope bound to the destination's bucket and key), or, for a metadata-only self-copy, re-seals
-the envelope.  Sits above ``http.objects``, ``http.reads`` and ``http.multipart``.
+the envelope.  The backend requests of a part-by-part copy (Create, UploadPartCopy, Complete,
+Abort) are ``backend.copies``, shared with the tools; this module adds the fallback through the
+proxy for a backend without UploadPartCopy, and maps failures to S3 errors (``copy_error``).
+Sits above ``http.objects``, ``http.reads`` and ``http.multipart``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from s3proxy.aws import xmlsafe
 from s3proxy.aws.copysource import parse_copy_source
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
+from s3proxy.backend import copies, ops
 from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     SEALED_VERSION,
@@ -43,7 +47,6 @@ from s3proxy.http.ctx import (
     response_headers,
 )
 from s3proxy.http.multipart import (
-    UPLOAD_ID,
     hashed,
     open_upload,
     part_hasher,
@@ -341,7 +344,7 @@ async def copy_multipart(
     src_bucket: str,
     src_key: str,
     vq: list[tuple[str, str]],
-    src_headers: object,
+    src_headers: Mapping[str, str],
     env: Envelope,
     new_env: Envelope,
     headers: dict[str, str],
@@ -349,113 +352,55 @@ async def copy_multipart(
     *,
     if_match: str | None = None,
 ) -> web.StreamResponse:
-    """Server-side copy of a K-layout object, part by part (keeps sizes exact).
+    """Server-side copy of a K-layout object, part by part (keeps sizes exact): ``copies.copy_parts``.
 
     Part 1 is copied first: a backend without UploadPartCopy (rclone serve s3 answers 200 and
     stores an empty part; others a 4xx or 501) makes the copy fall back to decrypting and
-    re-encrypting each part through the proxy, with the same part boundaries. Failures are
-    4xx, 501 or 503, never 500: clients retry a 500.  ``tags``: the new object's
-    ``x-amz-tagging`` (a new upload starts untagged; None: no tags).  ``if_match``: the ETag
-    the destination must still have at Complete (a self-copy: 412 ``PreconditionFailed`` when
-    a write landed meanwhile, 404 ``NoSuchKey`` when a DELETE did)."""
-    from multidict import CIMultiDictProxy
-
-    assert isinstance(src_headers, CIMultiDictProxy | CIMultiDict)
+    re-encrypting each part through the proxy, with the same part boundaries, into a fresh
+    upload.  Failures are 4xx, 501 or 503, never 500: clients retry a 500.  ``tags``: the new
+    object's ``x-amz-tagging`` (a new upload starts untagged; None: no tags).  ``if_match``:
+    the ETag the destination must still have at Complete (a self-copy: 412
+    ``PreconditionFailed`` when a write landed meanwhile, 404 ``NoSuchKey`` when a DELETE did)."""
     etag = src_headers.get("ETag", "")
     total = backend_length(src_headers)
     table = await part_table(ctx, src_bucket, src_key, env, etag, total, None)
-    backend = ctx.backend
-    create_headers = {k: v for k, v in headers.items()
-                      if not k.startswith("x-amz-copy-source-if-") and not k.startswith("x-amz-tagging")}
+    create = {k: v for k, v in headers.items() if not k.startswith(("x-amz-copy-source-if-", "x-amz-tagging"))}
     if tags:
-        create_headers[tagging.TAGGING] = tags
+        create[tagging.TAGGING] = tags
+    store = ops.Store.bound(ctx.backend, ctx.bucket)
+    source = copies.Source(src_bucket, src_key, etag, vq[0][1] if vq else None)
 
-    async def create_upload() -> str | web.StreamResponse:
-        resp = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploads", "")], headers=create_headers)
-        if resp.status != 200:
-            return await backend_error(ctx, resp)
-        m = UPLOAD_ID.search(await read_at_most(resp, 1 << 20))
-        resp.release()
-        if m is None:
-            raise S3Error("ServiceUnavailable", "the storage backend returned no UploadId", 503)
-        return xmlsafe.text(m.group(1).decode())
-
-    async def abort_upload(upload_id: str) -> None:
-        try:
-            r2 = await backend.request("DELETE", ctx.bucket, ctx.key, query=[("uploadId", upload_id)])
-            r2.release()
-        except Exception:  # noqa: BLE001 - best effort; the original error is what the client sees
-            log.warning("copy_abort_failed", bucket=ctx.bucket)
-
-    created = await create_upload()
-    if not isinstance(created, str):
-        return created
-    upload_id = created
-    source = backend.copy_source(src_bucket, src_key, vq[0][1] if vq else None)
-    sem = asyncio.Semaphore(8)
-
-    async def copy_part(i: int, off: int, c: int) -> str | None:
-        """The part's ETag, or None when the backend has no (working) UploadPartCopy."""
-        async with sem:
-            r = await backend.request(
-                "PUT", ctx.bucket, ctx.key, query=[("partNumber", str(i)), ("uploadId", upload_id)],
-                headers={"x-amz-copy-source": source, "x-amz-copy-source-range": f"bytes={off}-{off + c - 1}",
-                         "x-amz-copy-source-if-match": etag},
-            )
-            data = await read_at_most(r, 1 << 16)
-            r.release()
-            em = re.search(rb"<ETag>([^<]*)</ETag>", data)
-            if r.status == 200 and em is not None:
-                return xmlsafe.text(em.group(1).decode())
-            if r.status == 412:
-                raise S3Error("PreconditionFailed", "The copy source changed during the copy.", 412)
-            if r.status == 404 and if_match and b"NoSuchUpload" not in data:  # a self-copy's object deleted meanwhile
-                raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
-            if i == 1 and (400 <= r.status < 500 or r.status in (200, 501)):
-                return None
-            raise S3Error("ServiceUnavailable", f"server-side copy of part {i} failed ({r.status})", 503)
+    async def reencrypt(upload_id: str) -> list[str]:
+        return await _reencrypt_parts(ctx, src_bucket, src_key, vq, env, etag, total, table, upload_id)
 
     try:
-        first = await copy_part(1, *table[0])
-        if first is None:
-            await abort_upload(upload_id)
-            upload_id = ""
-            fallback = await create_upload()
-            if not isinstance(fallback, str):
-                return fallback
-            upload_id = fallback
+        try:
+            done = await copies.copy_parts(store, ctx.key, source, table, create, if_match=if_match)
+        except copies.CopyUnsupported:
             log.info("copy_reencrypt_fallback", bucket=ctx.bucket, parts=len(table))
-            etags = await _reencrypt_parts(ctx, src_bucket, src_key, vq, env, etag, total, table, upload_id)
-        else:
-            rest = await asyncio.gather(*(copy_part(i + 1, off, c) for i, (off, c) in enumerate(table) if i > 0))
-            if any(e is None for e in rest):
-                raise S3Error("ServiceUnavailable", "server-side copy of a part failed", 503)
-            etags = [first, *(e for e in rest if e is not None)]
-        parts = "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{escape(e)}</ETag></Part>" for i, e in enumerate(etags))
-        xml = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        r = await backend.request("POST", ctx.bucket, ctx.key, query=[("uploadId", upload_id)], body=xml,
-                                  headers={"if-match": if_match} if if_match else None)
-        data = await read_at_most(r, 1 << 20)
-        r.release()
-        em = re.search(rb"<ETag>([^<]*)</ETag>", data)
-        if if_match and (r.status == 412 or b"<Code>PreconditionFailed</Code>" in data):
-            raise S3Error("PreconditionFailed", "The object changed during the copy.", 412)
-        if if_match and r.status == 404 and b"NoSuchUpload" not in data:
-            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
-        if r.status != 200 or em is None:
-            raise S3Error("ServiceUnavailable", f"completing the copy failed ({r.status})", 503)
-    except BaseException:
-        if upload_id:
-            await abort_upload(upload_id)
-        raise
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            done = await copies.fill_upload(store, ctx.key, create, reencrypt, if_match=if_match)
+    except ops.OpError as e:
+        raise copy_error(e, "the server-side copy") from None
     hdrs = CIMultiDict({"x-amz-request-id": ctx.request_id})
-    if "x-amz-version-id" in r.headers:
-        hdrs["x-amz-version-id"] = r.headers["x-amz-version-id"]
+    if done.version_id:
+        hdrs["x-amz-version-id"] = done.version_id
     hdrs.update(sse.response_headers(ctx, new_env))
-    return web.Response(
-        status=200, body=copy_result_xml(xmlsafe.text(em.group(1).decode()), now), headers=hdrs, content_type="application/xml"
-    )
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return web.Response(status=200, body=copy_result_xml(done.etag, now), headers=hdrs, content_type="application/xml")
+
+
+def copy_error(e: ops.OpError, what: str) -> S3Error:
+    """The client's error for a failed backend copy: 404 ``NoSuchKey`` (deleted meanwhile), 412
+    ``PreconditionFailed`` (changed meanwhile), the backend's own 4xx when it refused the
+    request with a plausible S3 error code, else 503 (never a 500: clients retry a 500)."""
+    if isinstance(e, ops.ObjectGone):
+        return S3Error("NoSuchKey", "The specified key does not exist.", 404)
+    if isinstance(e, ops.ObjectChanged):
+        return S3Error("PreconditionFailed", "The object changed during the copy.", 412)
+    if isinstance(e, ops.Refused) and e.code is not None:
+        return S3Error(e.code, f"The storage backend refused {what}.", e.status)
+    log.warning("copy_failed", what=what, error=str(e))
+    return S3Error("ServiceUnavailable", f"{what} failed on the storage backend", 503)
 
 
 async def _reencrypt_parts(

@@ -20,7 +20,8 @@ from multidict import CIMultiDict
 from s3proxy.aws import checksums
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
-from s3proxy.backend.capabilities import copies_pinned
+from s3proxy.backend import copies, ops
+from s3proxy.backend.profiles import copies_pinned
 from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
     SEALED_VERSION,
@@ -461,16 +462,12 @@ async def _seal_late_checksum(
     headers = write_headers(ctx, new_env, client_headers, bucket)
     headers.pop("x-amz-tagging", None)  # the copy keeps the object's tags (tagging directive COPY)
     headers = {k: v for k, v in headers.items() if k.lower() not in ("if-match", "if-none-match")}  # the PUT's own
-    headers["x-amz-copy-source"] = ctx.state.backend.copy_source(bucket, key)
-    headers["x-amz-metadata-directive"] = "REPLACE"
-    headers["x-amz-copy-source-if-match"] = headers["if-match"] = put_headers["ETag"]
     try:
-        resp = await ctx.backend.request("PUT", bucket, key, headers=headers)
-        await resp.read()
-        resp.release()
-    except aiohttp.ClientError:
+        done = await copies.self_copy(ops.Store.bound(ctx.backend, bucket), key, put_headers["ETag"], headers,
+                                      pin_destination=True)
+    except (ops.OpError, aiohttp.ClientError):
         return None
-    return resp.headers.get("x-amz-version-id") if resp.status == 200 else None
+    return done.version_id
 
 
 __all__ = ["Sealed", "put_object", "rebind"]

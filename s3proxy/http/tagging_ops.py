@@ -7,9 +7,10 @@ on the backend, pinned on both sides to the HEADed ETag (``x-amz-copy-source-if-
 ``If-Match``): a concurrent write fails it (the proxy re-reads and tries again, up to three
 times, then ``409 OperationAborted``), a concurrent DELETE makes it ``404``.  Where the backend
 is known to ignore those conditions (capability ``copy_if_match: no``) both calls answer
-``501``: a racing write would end up under the old envelope, unreadable.  The body does not move: an S object is one CopyObject, a multipart (K)
-object part by part (``copy.copy_multipart``: UploadPartCopy of each part, so its ``-N`` ETag
-and the client-facing ETag stay the same).  On a versioned bucket the copy is a new current
+``501``: a racing write would end up under the old envelope, unreadable.  The body does not
+move: an S object is one CopyObject (``backend.copies.self_copy``), a multipart (K) object part
+by part (``copy.copy_multipart``: UploadPartCopy of each part, so its ``-N`` ETag and the
+client-facing ETag stay the same).  On a versioned bucket the copy is a new current
 version (its id is answered); the tags of a noncurrent version cannot be changed
 (``501``), since a copy of it would become current.
 """
@@ -17,21 +18,21 @@ version (its id is answered); the tags of a noncurrent version cannot be changed
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
 
 from s3proxy.aws.errors import S3Error
-from s3proxy.backend.capabilities import copies_pinned
-from s3proxy.backend.ops import KEPT_HEADERS, error_code
+from s3proxy.backend import copies, ops
+from s3proxy.backend.ops import KEPT_HEADERS
+from s3proxy.backend.profiles import copies_pinned
 from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import Envelope, SealContents, is_reserved, rebind
 from s3proxy.http import sse, tagging
 from s3proxy.http.auth import RequestBody
-from s3proxy.http.copy import copy_multipart
-from s3proxy.http.ctx import Ctx, Handler, read_at_most
+from s3proxy.http.copy import copy_error, copy_multipart
+from s3proxy.http.ctx import Ctx, Handler
 from s3proxy.http.objects import (
     META,
     Sealed,
@@ -43,7 +44,6 @@ from s3proxy.http.objects import (
     version_query,
 )
 
-_IDENT = re.compile(r"[A-Za-z0-9.]{1,64}")  # a backend's error code passed on to the client
 ATTEMPTS = 3  # re-reads after a concurrent write (not the backend retries of ``backend.ops.ATTEMPTS``)
 
 
@@ -180,35 +180,21 @@ async def _self_copy(ctx: Ctx, head: Mapping[str, str], env: Envelope, new_env: 
     leaves a version's ETag as it was) and is pinned on both sides to the HEADed ETag
     (``x-amz-copy-source-if-match`` and ``If-Match``, on Complete for a K object): a write
     that landed meanwhile fails it (412, the caller reads again), a DELETE makes it 404."""
-    backend = ctx.backend
     etag = head.get("ETag", "")
     headers = copy_headers(head, new_env)
     if objectinfo.copied_by_parts(env.layout, etag):
         try:
-            done = await copy_multipart(ctx, ctx.bucket, ctx.key, [], head, env, new_env, headers, None, if_match=etag)
+            resp = await copy_multipart(ctx, ctx.bucket, ctx.key, [], head, env, new_env, headers, None, if_match=etag)
         except S3Error as e:
             if e.code == "PreconditionFailed":
                 raise _Changed from None
             raise
-        if done.status != 200:
-            raise S3Error("ServiceUnavailable", "re-sealing the object's tags failed", 503)
-        return done.headers.get("x-amz-version-id")
-    headers["x-amz-copy-source"] = backend.copy_source(ctx.bucket, ctx.key)
-    headers["x-amz-copy-source-if-match"] = etag
-    headers["if-match"] = etag
-    headers["x-amz-metadata-directive"] = "REPLACE"
-    headers["x-amz-tagging-directive"] = "REPLACE"  # no x-amz-tagging: the backend keeps none
-    resp = await backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
-    body = await read_at_most(resp, 1 << 16)
-    resp.release()
-    if resp.status == 412:
-        raise _Changed
-    if resp.status != 200 or b"<Error>" in body:
-        err = error_code(body)
-        code = err[0] if err and _IDENT.fullmatch(err[0]) else "ServiceUnavailable"
-        if resp.status == 404:
-            raise S3Error("NoSuchKey", "The specified key does not exist.", 404)
-        status = resp.status if 400 <= resp.status < 500 else 503
-        raise S3Error(code if status != 503 else "ServiceUnavailable",
-                      f"the storage backend refused the copy that re-seals the object's tags ({resp.status})", status)
-    return resp.headers.get("x-amz-version-id")
+        return resp.headers.get("x-amz-version-id")
+    try:  # tagging directive REPLACE without x-amz-tagging: the backend keeps no tags
+        done = await copies.self_copy(ops.Store.bound(ctx.backend, ctx.bucket), ctx.key, etag, headers,
+                                      pin_destination=True, tagging_directive="REPLACE")
+    except ops.OpError as e:
+        if isinstance(e, ops.ObjectChanged) and not isinstance(e, ops.ObjectGone):
+            raise _Changed from None  # 412: read again; a DELETE (ObjectGone) is 404 NoSuchKey
+        raise copy_error(e, "the copy that re-seals the object's tags") from None
+    return done.version_id

@@ -1,5 +1,6 @@
 """``Rewrapper``: one ``rewrap`` run (see the package docstring): per object, HEAD, unwrap,
-check, re-wrap and rewrite the metadata with the shared backend operations (``backend.ops``).
+check, re-wrap and rewrite the metadata with the shared backend operations (``backend.ops``,
+``backend.copies``).
 
 Imports: ``backend``, ``crypto``, ``keys``, ``config``, ``http.router`` (the reserved prefix)
 and the package's ``walk`` and ``report``.
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from s3proxy.backend import names_tools, ops
+from s3proxy.backend import copies, names_tools, ops
 from s3proxy.backend.client import BackendClient
 from s3proxy.config import Settings
 from s3proxy.crypto.envelope import (
@@ -196,13 +197,13 @@ class Rewrapper:
             return "would", f"{env.wrapped.backend}:{env.wrapped.key_id}"
         headers = write_headers(head.headers, new_env)
         if table is None:
-            new_etag = await ops.self_copy(self._store(), key, etag, headers)
+            new_etag = (await copies.self_copy(self._store(), key, etag, headers)).etag
         else:
             tags, note = await ops.tagging(self._store(), key)
             if note:
                 self.report.warnings.append(f"{key}: {note}")
-            new_etag = await ops.multipart_copy(self._store(), key, etag, table,
-                                                {**headers, "x-amz-tagging": tags} if tags else headers)
+            new_etag = (await copies.multipart_copy(self._store(), key, etag, table,
+                                                    {**headers, "x-amz-tagging": tags} if tags else headers)).etag
         if new_etag.strip('"') != etag.strip('"'):
             self.report.warnings.append(f"{key}: the backend gave the rewritten object a new ETag ({etag} -> {new_etag})")
         return "rewrapped", ""

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from s3proxy.backend.capabilities import CAPABILITIES, Capabilities
+from s3proxy.backend.profiles import CAPABILITIES, Capabilities
 from s3proxy.observability import exposition
 from s3proxy.state import STATE
 

@@ -436,7 +436,7 @@ def _race(ap: Proxy, bucket: str, key: str, *, on: Callable[[str, dict[str, str]
 @pytest.fixture(scope="module")
 def probed(ap: Proxy) -> Any:
     """The capability probe, run for real against the backend (a scratch prefix of PLAIN)."""
-    from s3proxy.backend.capabilities import probe
+    from s3proxy.backend.probes import probe
 
     return asyncio.run_coroutine_threadsafe(probe(ap.state.backend, PLAIN), ap.loop).result(120)
 
@@ -448,7 +448,7 @@ def pinned(ap: Proxy, probed: Any, backend: Backend) -> Iterator[bool]:
     5.2.5 ignores both).  Where it does not, the proxy refuses sealed re-tagging (501) and skips
     the late-checksum copy: a self-copy racing a write would put the new body under the old
     envelope (H5c bug 4)."""
-    from s3proxy.backend.capabilities import COPY_IF_MATCH
+    from s3proxy.backend.profiles import COPY_IF_MATCH
 
     value = probed.value(COPY_IF_MATCH)
     assert value == ("no" if backend.kind == "moto" else "yes"), probed.findings.get(COPY_IF_MATCH)

@@ -28,9 +28,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from s3proxy.backend.capabilities import CAPABILITIES, PROBE_PREFIX, Capabilities, probe
 from s3proxy.backend.client import BackendClient
-from s3proxy.backend.profiles import finding
+from s3proxy.backend.probes import PROBE_PREFIX, probe
+from s3proxy.backend.profiles import CAPABILITIES, Capabilities, finding
 from s3proxy.config import BackendSettings
 from s3proxy.observability import exposition
 from s3proxy.server import apply_capabilities as apply
