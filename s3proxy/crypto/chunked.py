@@ -190,16 +190,33 @@ class _ChunkReader:
     def done(self) -> bool:
         return self._rel(self._k) == self._rel_end
 
-    def update(self, data: Buffer) -> bytearray:
-        mv = _view(data)
-        n = len(mv)
-        cs, p, k, fill = self._cs, self._p, self._k, self._fill
-        x = self._rel(k) + fill + n
+    def output_size(self, n: int) -> int:
+        """Plaintext bytes the next ``update`` of ``n`` ciphertext bytes releases (exactly;
+        ``TrailingData`` if they go past the last chunk)."""
+        cs, p, k = self._cs, self._p, self._k
+        x = self._rel(k) + self._fill + n
         if x > self._rel_end:
             raise TrailingData(f"{x - self._rel_end} bytes after the last chunk")
         j = _chunk_count_within(x, cs, p)
+        return max(0, min(min(j * cs, p), self._pt_end) - max(min(k * cs, p), self._pt_start))
+
+    def update(self, data: Buffer) -> bytearray:
+        mv = _view(data)
+        out = bytearray(self.output_size(len(mv)))
+        self.update_into(mv, out)
+        return out
+
+    def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
+        """``update`` into ``out`` (at least ``output_size(len(data))`` bytes); returns the
+        bytes written.  On ``ChunkAuthenticationFailed`` ``out`` may hold unverified bytes."""
+        mv = _view(data)
+        n = len(mv)
+        size = self.output_size(n)
+        if len(out) < size:
+            raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
+        cs, p, k, fill = self._cs, self._p, self._k, self._fill
+        j = _chunk_count_within(self._rel(k) + fill + n, cs, p)
         lo, hi = self._pt_start, self._pt_end
-        out = bytearray(max(0, min(min(j * cs, p), hi) - max(min(k * cs, p), lo)))
         pos = 0
         if j > k:
             aead, base = self._aead, self._base
@@ -226,15 +243,15 @@ class _ChunkReader:
                         pos = end
                         k += 1
                 except InvalidTag:
-                    # decrypt_into may have left unverified bytes in ``out``;
-                    # ``out`` is dropped with the exception, never returned.
+                    # decrypt_into may have left unverified bytes in ``out``: ``update``
+                    # drops it with the exception, ``update_into``'s caller discards it.
                     raise ChunkAuthenticationFailed(f"chunk {k} failed authentication") from None
         rest = n - pos
         if rest:
             self._buf[fill : fill + rest] = mv[pos:]
         self._fill = fill + rest
         self._k = k
-        return out
+        return size
 
     def _open(self, k: int, ct: memoryview, dst: memoryview, w: int) -> int:
         """Decrypt chunk ``k`` and copy the part of it inside ``[pt_start, pt_end)``."""
@@ -262,6 +279,23 @@ class _ReaderStream(_Stream):
         self._guard()
         try:
             return self._reader.update(data)
+        except FormatError as exc:
+            self._fail(exc)
+
+    def output_size(self, n: int) -> int:
+        """Plaintext bytes the next ``update`` of ``n`` ciphertext bytes releases (0 past the
+        last chunk: ``update_into`` then raises ``TrailingData``)."""
+        try:
+            return self._reader.output_size(n)
+        except FormatError:
+            return 0
+
+    def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
+        """``update`` into ``out`` (at least ``output_size(len(data))`` bytes); returns the bytes
+        written.  On a ``FormatError`` ``out`` may hold unverified bytes: discard them."""
+        self._guard()
+        try:
+            return self._reader.update_into(data, out)
         except FormatError as exc:
             self._fail(exc)
 

@@ -272,19 +272,39 @@ class KObjectDecryptor(_Stream):
         self._part: KPartDecryptor | None = None
         self._order = PartNumberSequence()
 
+    def output_size(self, n: int) -> int:
+        """At most this many plaintext bytes come out of the next ``update`` of ``n`` ciphertext
+        bytes: exactly what the current part releases, plus at most the bytes beyond it (a
+        bound: a part header not read yet decides the rest)."""
+        part = self._part
+        if part is None:
+            return n
+        take = min(self._left, n)
+        return part.output_size(take) + (n - take)
+
     def update(self, data: Buffer) -> bytearray:
+        mv = _view(data)
+        out = bytearray(self.output_size(len(mv)))
+        del out[self.update_into(mv, out):]
+        return out
+
+    def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
+        """``update`` writing the plaintext into ``out`` (at least ``output_size(len(data))``
+        bytes, else ``ValueError`` before anything is consumed); returns the bytes written.  On a
+        ``FormatError`` ``out`` may hold unauthenticated bytes: the caller discards them."""
         self._guard()
+        mv = _view(data)
+        if len(out) < self.output_size(len(mv)):
+            raise ValueError(f"output buffer of {len(out)} bytes, {self.output_size(len(mv))} needed")
         try:
-            pieces = self._update(_view(data))
+            with memoryview(out) as dst:
+                return self._update(mv, dst)
         except FormatError as exc:
             self._dek.clear()
             self._fail(exc)
-        if len(pieces) == 1:
-            return pieces[0]
-        return bytearray().join(pieces)
 
-    def _update(self, mv: memoryview) -> list[bytearray]:
-        out: list[bytearray] = []
+    def _update(self, mv: memoryview, dst: memoryview) -> int:
+        w = 0
         while mv:
             part = self._part
             if part is None:
@@ -298,9 +318,7 @@ class KObjectDecryptor(_Stream):
                 part = self._next_part(bytes(self._header))
                 self._header = bytearray()
             take = min(self._left, len(mv))
-            piece = part.update(mv[:take])
-            if piece:
-                out.append(piece)
+            w += part.update_into(mv[:take], dst[w:])
             mv = mv[take:]
             self._left -= take
             if self._left == 0:
@@ -309,7 +327,7 @@ class KObjectDecryptor(_Stream):
                 self._done += 1
                 if self._done == self._n_parts:
                     self._dek.clear()
-        return out
+        return w
 
     def _next_part(self, header: bytes) -> KPartDecryptor:
         info = parse_k_header(header)

@@ -167,9 +167,29 @@ class SDecryptor(_Stream):
         self._seen = 0
         self._buffered = 0  # ciphertext bytes of the current chunk inside the library
 
+    def output_size(self, n: int) -> int:
+        """Plaintext bytes the next ``update`` of ``n`` ciphertext bytes releases (exactly)."""
+        body = max(0, n - (S_HEADER_SIZE - len(self._header)))
+        return (self._buffered + body) // S_FULL_CHUNK_CT * CHUNK_SIZE
+
     def update(self, data: Buffer) -> bytearray:
+        mv = _view(data)
+        out = bytearray(self.output_size(len(mv)))
+        written = self.update_into(mv, out)
+        if written != len(out):  # pragma: no cover - guards the size model
+            del out[written:]
+        return out
+
+    def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
+        """``update`` writing the plaintext into ``out`` (at least ``output_size(len(data))``
+        bytes, else ``ValueError`` before anything is consumed); returns how many bytes of
+        ``out`` now hold authenticated plaintext.  On a ``FormatError`` ``out`` may hold
+        unauthenticated bytes: the caller discards them."""
         self._guard()
         mv = _view(data)
+        size = self.output_size(len(mv))
+        if len(out) < size:
+            raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
         self._seen += len(mv)
         if self._expected is not None and self._seen > self._expected:
             self._fail(TrailingData(f"body longer than the declared {self._expected} bytes"))
@@ -178,22 +198,19 @@ class SDecryptor(_Stream):
             self._header += mv[:take]
             mv = mv[take:]
             if len(self._header) < S_HEADER_SIZE:
-                return bytearray()
+                return 0
             try:
                 self._lib.update(self._header)  # checks the commitment, returns nothing
             except InvalidTag:
                 self._fail(CommitmentMismatch("S body commitment does not match"))
         # The library releases a chunk as soon as its 16400 bytes are in (a
         # full-size chunk is never the final one), so the output size is exact.
-        full, self._buffered = divmod(self._buffered + len(mv), S_FULL_CHUNK_CT)
-        out = bytearray(full * CHUNK_SIZE)
+        self._buffered = (self._buffered + len(mv)) % S_FULL_CHUNK_CT
         try:
-            written = self._lib.update_into(mv, out)
+            written: int = self._lib.update_into(mv, out)
         except InvalidTag:
             self._fail(ChunkAuthenticationFailed("S body chunk failed authentication"))
-        if written != len(out):  # pragma: no cover - guards the size model above
-            del out[written:]
-        return out
+        return written  # == size: the size model above (``update`` relies on it)
 
     def finalize(self) -> bytearray:
         self._guard()

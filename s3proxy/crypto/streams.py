@@ -23,7 +23,7 @@ from s3proxy.crypto.k_table import HeaderWalk, PartTable, check_part_count, conf
 from s3proxy.crypto.s_body import SRangeDecryptor
 from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD, k_object_spans, s_span
 
-__all__ = ["Decryptor", "Fetch", "KObjectDecryptor", "Stream", "decrypt_k_range", "decrypt_s_range", "decrypt_stream",
+__all__ = ["Decryptor", "Fetch", "KObjectDecryptor", "OutBuffers", "Stream", "decrypt_k_range", "decrypt_s_range", "decrypt_stream",
            "k_part_table"]
 
 
@@ -32,15 +32,82 @@ class Decryptor(Protocol):
     def finalize(self) -> bytearray: ...
 
 
-async def decrypt_stream(dec: Decryptor, ciphertext: AsyncIterable[Buffer]) -> AsyncIterator[bytearray]:
+class OutBuffers:
+    """Buffers ``decrypt_stream`` decrypts into instead of a new ``bytearray`` per piece (issue
+    11: the allocation's zero-fill was ~6% of a large GET's CPU), for one response.
+
+    The pieces handed out are ``memoryview`` slices of these buffers.  A buffer is written again
+    only when no view of it is alive anywhere: a transport that has not sent a piece yet holds a
+    view of it (uvloop, asyncio's transports since Python 3.12, a TLS write backlog), and so does
+    a consumer that keeps a piece.  CPython refuses to resize a ``bytearray`` while any view of it
+    exists, which is the probe (``_unshared``): a piece is never overwritten before it is sent,
+    whatever the event loop.  All buffers busy, or a piece larger than ``limit``: ``take``
+    returns None and the caller allocates as before.  ``size`` fits one 256 KiB socket read
+    (uvloop's) plus a chunk: at most ``count`` such buffers per response (~1 MiB).
+    """
+
+    __slots__ = ("_bufs", "_count", "_limit", "_size")
+
+    def __init__(self, count: int = 4, size: int = 272 * 1024, limit: int = 1 << 20) -> None:
+        self._bufs: list[bytearray] = []
+        self._count = count
+        self._size = size
+        self._limit = limit
+
+    def take(self, need: int) -> bytearray | None:
+        """A buffer of at least ``need`` bytes that nothing else can see, or None."""
+        if need > self._limit:
+            return None
+        bufs = self._bufs
+        for i, buf in enumerate(bufs):
+            if _unshared(buf):
+                if len(buf) < need:
+                    buf = bufs[i] = _new_buffer(need)
+                return buf
+        if len(bufs) < self._count:
+            buf = _new_buffer(max(need, self._size))
+            bufs.append(buf)
+            return buf
+        return None
+
+
+def _new_buffer(size: int) -> bytearray:
+    buf = bytearray(size + 1)
+    del buf[-1]  # leaves room for the probe's one byte: it never reallocates
+    return buf
+
+
+def _unshared(buf: bytearray) -> bool:
+    """True when no view of ``buf`` is alive (``bytearray`` refuses to resize while one is)."""
+    try:
+        buf.append(0)
+    except BufferError:
+        return False
+    del buf[-1]
+    return True
+
+
+async def decrypt_stream(
+    dec: Decryptor, ciphertext: AsyncIterable[Buffer], buffers: OutBuffers | None = None
+) -> AsyncIterator[bytearray | memoryview]:
     """Authenticated plaintext of ``ciphertext``, piece by piece, as ``dec`` releases it.
 
     A ``FormatError`` propagates at the failing piece; nothing unverified is yielded.
+    With ``buffers`` and a decryptor that has ``update_into`` (S bodies, ranges), pieces are
+    ``memoryview``s of those buffers (see ``OutBuffers``); else fresh ``bytearray``s.
     A ``KObjectDecryptor`` abandoned mid-body (the consumer stops early) has its DEK copy
     zeroed when this generator closes.
     """
+    into: Callable[[Buffer, bytearray], int] | None = getattr(dec, "update_into", None)
+    size: Callable[[int], int] | None = getattr(dec, "output_size", None)
+    take = buffers.take if buffers is not None and into is not None and size is not None else None
     try:
         async for piece in ciphertext:
+            if take is not None and size is not None and into is not None and (buf := take(size(len(piece)))) is not None:
+                n = into(piece, buf)
+                if n:
+                    yield memoryview(buf)[:n]
+                continue
             out = dec.update(piece)
             if out:
                 yield out
@@ -80,19 +147,22 @@ Stream = Callable[[int, int], AsyncIterator[Buffer]]
 
 
 async def decrypt_s_range(
-    dek: Buffer, object_id: Buffer, header: Buffer, p: int, start: int, end: int, stream: Stream
-) -> AsyncIterator[bytearray]:
+    dek: Buffer, object_id: Buffer, header: Buffer, p: int, start: int, end: int, stream: Stream,
+    buffers: OutBuffers | None = None,
+) -> AsyncIterator[bytearray | memoryview]:
     """Plaintext ``[start, end)`` of an S object of plaintext size ``p`` (``header``: its first
-    56 bytes), streaming only the chunks it needs through ``stream(ct_start, ct_end)``."""
+    56 bytes), streaming only the chunks it needs through ``stream(ct_start, ct_end)``;
+    ``buffers`` as for ``decrypt_stream``."""
     span = s_span(p, start, end)
     dec = SRangeDecryptor(dek, object_id, header, p, span)
-    async for out in decrypt_stream(dec, stream(span.ct_start, span.ct_end)):
+    async for out in decrypt_stream(dec, stream(span.ct_start, span.ct_end), buffers):
         yield out
 
 
 async def decrypt_k_range(
-    dek: Buffer, object_id: Buffer, table: PartTable, start: int, end: int, fetch: Fetch, stream: Stream
-) -> AsyncIterator[bytearray]:
+    dek: Buffer, object_id: Buffer, table: PartTable, start: int, end: int, fetch: Fetch, stream: Stream,
+    buffers: OutBuffers | None = None,
+) -> AsyncIterator[bytearray | memoryview]:
     """Plaintext ``[start, end)`` of a K object with part table ``table``: for each part the range
     touches, its header through ``fetch``, then only the chunks needed through ``stream``.  The
     parts read must have strictly increasing numbers (``PartOrderError``)."""
@@ -101,5 +171,5 @@ async def decrypt_k_range(
         off, c = table[piece.index]
         kd = KPartDecryptor(dek, object_id, await fetch(off, off + K_HEADER_SIZE), c, piece.span)
         order.check(kd.part_number)
-        async for out in decrypt_stream(kd, stream(off + piece.span.ct_start, off + piece.span.ct_end)):
+        async for out in decrypt_stream(kd, stream(off + piece.span.ct_start, off + piece.span.ct_end), buffers):
             yield out

@@ -69,7 +69,8 @@ from s3proxy.http.objects import (
     read_envelope,
     user_metadata,
 )
-from s3proxy.http.reads import decrypt_range, part_table, resolve_size
+from s3proxy.http.reads_body import part_table, resolve_size
+from s3proxy.http.reads_range import decrypt_range
 from s3proxy.observability import get_logger
 
 log = get_logger("s3proxy.copy")

@@ -1,50 +1,35 @@
-"""Reading encrypted objects: GET (whole, ranges, ``partNumber``) and HEAD.
+"""Reading encrypted objects: GET of a whole object and HEAD (ranges and ``partNumber`` in
+``http.reads_range``, the shared fetch/send helpers in ``http.reads_body``).
 
 Glue only: sizes, part tables and ``partNumber`` spans come from ``crypto.objectinfo``,
 decryption from ``crypto.format`` / ``crypto.streams`` (no layout arithmetic here); the envelope
-and the client-facing headers from ``http.objects``.  Bodies stream; nothing is read whole except part headers and small probes.  Imports ``http.objects``
-(never the reverse).
+and the client-facing headers from ``http.objects``.  Bodies stream; nothing is read whole except
+part headers and small probes.  A large GET reads the backend's pieces without joining them and
+decrypts into a few reused buffers (``crypto.streams.OutBuffers``, issue 11).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from s3proxy.aws.errors import S3Error
-from s3proxy.aws.numbers import parse_uint
 from s3proxy.aws.ranges import parse_range
 from s3proxy.crypto import objectinfo, streams
-from s3proxy.crypto.envelope import (
-    Envelope,
-)
-from s3proxy.crypto.errors import (
-    FormatError,
-    ManifestMismatch,
-)
+from s3proxy.crypto.errors import FormatError
 from s3proxy.crypto.format import KObjectDecryptor, SDecryptor
-from s3proxy.crypto.manifest import Manifest
 from s3proxy.http import manifests, sse
-from s3proxy.http.ctx import (
-    Ctx,
-    SendWatchdog,
-    backend_error,
-    read_at_most,
-    relay,
-)
+from s3proxy.http.ctx import Ctx, backend_error, read_at_most, relay
 from s3proxy.http.objects import (
     Sealed,
-    abort_connection,
     backend_length,
     backend_total,
     integrity_error,
     out_headers,
     parts_from_etag,
-    plaintext_size,
     read_conditions,
     read_envelope,
     read_headers,
@@ -52,8 +37,23 @@ from s3proxy.http.objects import (
     unseal,
     version_query,
 )
+from s3proxy.http.reads_body import (
+    body_pieces,
+    checked_manifest,
+    fetch_pieces,
+    foreign_or_refuse,
+    part_table,
+    passthrough_query,
+    promises_manifest,
+    resolve_size,
+    send_plaintext,
+)
+from s3proxy.http.reads_range import check_no_range, check_part_exists, decrypt_range, get_partial, parse_part_number
 
-PROBE_BYTES = 64 * 1024
+# decrypt_range, part_table and resolve_size are re-exported for http.copy and http.listing.
+__all__ = ["SMALL_OBJECT", "decrypt_range", "get_object", "head_object", "part_table", "resolve_size"]
+
+
 # Whole S objects up to this many ciphertext bytes are decrypted in memory and sent as one
 # response (``_get_small``); at 64 requests in flight that is at most ~32 MiB of buffers.
 SMALL_OBJECT = 128 * 1024
@@ -99,10 +99,10 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
     hdrs = out_headers(ctx, resp.headers, env, contents, whole=part_number is None)
     status = 200
     if part_number is not None:
-        pn = _part_number(part_number)
-        _check_no_range(ctx)
+        pn = parse_part_number(part_number)
+        check_no_range(ctx)
         table = await part_table(ctx, bucket, key, env, etag or "", ct_total, None)
-        _check_part_exists(pn, len(table))
+        check_part_exists(pn, len(table))
         p_start, p_end = objectinfo.part_range(env.layout, table, pn, size)
         plen = p_end - p_start
         hdrs["Content-Range"] = f"bytes {p_start}-{p_end - 1}/{size}" if plen else f"bytes */{size}"
@@ -117,41 +117,11 @@ async def head_object(ctx: Ctx) -> web.StreamResponse:
     return out
 
 
-def _part_number(value: str) -> int:
-    n = parse_uint(value, max_digits=5)
-    if n is None or not 1 <= n <= 10000:
-        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, inclusive", 400)
-    return n
-
-
-# GET/HEAD ?partNumber=N, as AWS S3 answers (AWS-recorded responses in LocalStack's
-# tests/aws/services/s3/test_s3.py::test_get_object_part, recorded 2026-02): N beyond the object's
-# parts is 416 InvalidPartNumber "The requested partnumber is not satisfiable" with
-# PartNumberRequested and ActualPartCount (1 for an object not uploaded in parts; HEAD: no body);
-# partNumber=1 of such an object is a 206 of the whole object without x-amz-mp-parts-count;
-# partNumber with a Range header is 400 InvalidRequest.
-def _check_no_range(ctx: Ctx) -> None:
-    if "Range" in ctx.request.headers:
-        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber query parameter", 400)
-
-
-def _check_part_exists(pn: int, parts: int) -> None:
-    if pn > parts:
-        raise S3Error(
-            "InvalidPartNumber", "The requested partnumber is not satisfiable", 416,
-            extra={"PartNumberRequested": str(pn), "ActualPartCount": str(parts)},
-        )
-
-
 async def get_object(ctx: Ctx) -> web.StreamResponse:
     rng = parse_range(ctx.request.headers.get("Range"))
     if rng is None and ctx.route.q("partNumber") is None:
         return await _get_full(ctx)
-    return await _get_partial(ctx)
-
-
-def _passthrough_query(ctx: Ctx) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in ctx.route.query if k != "partNumber"]
+    return await get_partial(ctx)
 
 
 async def _segments(
@@ -193,10 +163,10 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     if parallel:
         # The first segment comes with the metadata; the rest, if any, in parallel.
         headers["Range"] = f"bytes=0-{backend_cfg.get_segment_size - 1}"
-    resp = await ctx.backend.request("GET", bucket, key, query=_passthrough_query(ctx), headers=headers)
+    resp = await ctx.backend.request("GET", bucket, key, query=passthrough_query(ctx), headers=headers)
     if resp.status == 416 and parallel:
         resp.release()
-        return await _foreign_or_refuse(ctx)  # an empty object: never one of ours
+        return await foreign_or_refuse(ctx)  # an empty object: never one of ours
     ranged = "Content-Range" in resp.headers and resp.status in (200, 206)
     if resp.status != 200 and not ranged:
         return await backend_error(ctx, resp)
@@ -205,7 +175,7 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
         sealed = await unseal(ctx, resp.headers, bucket, key, "GetObject")
         if sealed is None:
             resp.release()
-            return await _foreign_or_refuse(ctx)
+            return await foreign_or_refuse(ctx)
         sse.check_customer_key(ctx, sealed.env)
         first_len = backend_length(resp.headers)
         ct_total = backend_total(resp.headers) if ranged else first_len
@@ -235,8 +205,8 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     out.content_length = size
     try:
         await out.prepare(ctx.request)
-        ciphertext = _chain(resp.content.iter_any(), ctx, bucket, key, first_len, ct_total, etag)
-        return await send_plaintext(ctx, out, streams.decrypt_stream(dec, ciphertext), size)
+        ciphertext = _chain(body_pieces(resp), ctx, bucket, key, first_len, ct_total, etag)
+        return await send_plaintext(ctx, out, streams.decrypt_stream(dec, ciphertext, streams.OutBuffers()), size)
     finally:
         resp.release()
         sealed.dek[:] = bytes(len(sealed.dek))
@@ -266,57 +236,6 @@ async def _get_small(
     return out
 
 
-def promises_manifest(sealed: Sealed) -> bool:
-    return objectinfo.in_parts(sealed.env.layout) and sealed.contents is not None and sealed.contents.manifest
-
-
-async def checked_manifest(ctx: Ctx, bucket: str, sealed: Sealed, size: int, n_parts: int | None) -> Manifest:
-    """The object's completeness manifest, checked against what the listing-free facts say (total
-    plaintext length, the ETag's part count); the integrity error if it is missing or differs."""
-    from s3proxy.http import manifests
-
-    try:
-        mf = await manifests.get_manifest(ctx, bucket, sealed.env.object_id, sealed.dek)
-        if mf.total != size or (n_parts is not None and n_parts != len(mf.parts)):
-            raise ManifestMismatch("object length or part count differs from its manifest")
-    except ManifestMismatch:
-        ctx.state.metrics.integrity_failures.inc()
-        raise integrity_error() from None
-    return mf
-
-
-async def send_plaintext(
-    ctx: Ctx, out: web.StreamResponse, pieces: AsyncIterator[bytes | bytearray | memoryview], length: int,
-    first: bytes | bytearray | memoryview = b"",
-) -> web.StreamResponse:
-    """Write authenticated plaintext to a prepared response: exactly ``length`` bytes or an aborted connection."""
-    sent = 0
-    watchdog = SendWatchdog(ctx)
-    try:
-        if first:
-            sent += len(first)
-            await watchdog.write(out, first)
-        async for piece in pieces:
-            sent += len(piece)
-            if sent > length:  # more plaintext than the (unauthenticated) length promised
-                raise integrity_error()
-            await watchdog.write(out, piece)
-    except BaseException as e:
-        # Headers are out: the only honest signal left is a broken connection.  Only a failed
-        # authentication counts as an integrity failure, not a client that went away.
-        abort_connection(ctx, integrity=isinstance(e, FormatError | S3Error) and not watchdog.timed_out)
-        raise ConnectionResetError(f"GetObject aborted mid-body: {type(e).__name__}") from None
-    finally:
-        watchdog.close()
-    if sent != length:
-        abort_connection(ctx)
-        raise ConnectionResetError("GetObject size mismatch")
-    ctx.state.metrics.decrypted.inc(length)
-    ctx.state.metrics.bytes_out.inc(length)
-    await out.write_eof()
-    return out
-
-
 async def _chain(
     first: AsyncIterator[bytes], ctx: Ctx, bucket: str, key: str, first_len: int, total: int, etag: str
 ) -> AsyncIterator[bytes | bytearray | memoryview]:
@@ -325,236 +244,3 @@ async def _chain(
     if first_len < total:
         async for seg in _segments(ctx, bucket, key, first_len, total, etag, version_query(ctx)):
             yield seg
-
-
-async def fetch_bytes(ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, query: list[tuple[str, str]]) -> bytes:
-    """Ciphertext [start, end) of a stored object, pinned to ``etag``."""
-    if end <= start:
-        return b""
-    resp = await ctx.backend.request(
-        "GET", bucket, key, query=query, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
-    )
-    try:
-        if resp.status not in (200, 206):
-            raise S3Error("PreconditionFailed", "The object changed while it was being read.", 412) if resp.status == 412 else integrity_error()
-        data = await resp.read()
-    finally:
-        resp.release()
-    if not _is_range_response(resp, start, end):
-        data = data[start:end]  # the backend ignored Range and sent the whole object
-    if len(data) != end - start:
-        raise integrity_error()
-    return data
-
-
-async def fetch_pieces(
-    ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, query: list[tuple[str, str]]
-) -> list[bytes]:
-    """Ciphertext [start, end) pinned to ``etag``, as the pieces the backend sent: no join, no
-    second copy (joining each 4 MiB segment was a quarter of a large GET's CPU)."""
-    if end <= start:
-        return []
-    resp = await ctx.backend.request(
-        "GET", bucket, key, query=query, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
-    )
-    try:
-        if resp.status not in (200, 206):
-            raise S3Error("PreconditionFailed", "The object changed while it was being read.", 412) if resp.status == 412 else integrity_error()
-        if not _is_range_response(resp, start, end):
-            data = (await resp.read())[start:end]  # the backend ignored Range and sent the whole object
-            if len(data) != end - start:
-                raise integrity_error()
-            return [data]
-        pieces: list[bytes] = []
-        n, want = 0, end - start
-        async for piece in resp.content.iter_any():
-            n += len(piece)
-            if n > want:
-                raise integrity_error()
-            pieces.append(piece)
-    finally:
-        resp.release()
-    if n != want:
-        raise integrity_error()
-    return pieces
-
-
-def _is_range_response(resp: aiohttp.ClientResponse, start: int, end: int) -> bool:
-    """206, or a 200 that still carries the asked-for Content-Range (rclone's S3 server does that)."""
-    if resp.status == 206:
-        return True
-    cr = resp.headers.get("Content-Range", "")
-    return resp.status == 200 and cr.startswith(f"bytes {start}-{end - 1}/")
-
-
-async def part_table(
-    ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None
-) -> list[tuple[int, int]]:
-    """[(ciphertext offset, ciphertext length)] of each part, by position: one part for an S
-    object, else ``crypto.streams.k_part_table`` (the uniform-size guess checked against the part
-    headers, else a walk of them, part numbers strictly increasing), cached per ETag."""
-    single = objectinfo.single_part_table(env.layout, ct_total)
-    if single is not None:
-        return single
-    cache_key = (bucket, key, etag)
-    cached = ctx.state.part_tables.get(cache_key)
-    if cached is not None:
-        return [(cached[2 * i], cached[2 * i + 1]) for i in range(len(cached) // 2)]
-    q = version_query(ctx)
-
-    async def fetch(start: int, end: int) -> bytes:
-        return await fetch_bytes(ctx, bucket, key, start, end, etag, q)
-
-    try:
-        table = await streams.k_part_table(fetch, ct_total, parts_from_etag(etag), first_header)
-    except FormatError:
-        raise integrity_error() from None
-    if len(ctx.state.part_tables) > 1024:
-        ctx.state.part_tables.clear()
-    ctx.state.part_tables[cache_key] = tuple(x for pair in table for x in pair)
-    return table
-
-
-async def _get_partial(ctx: Ctx) -> web.StreamResponse:
-    bucket, key = ctx.bucket, ctx.key
-    probe = await ctx.backend.request(
-        "GET", bucket, key, query=_passthrough_query(ctx),
-        headers={**await read_conditions(ctx), "Range": f"bytes=0-{PROBE_BYTES - 1}"},
-    )
-    if probe.status not in (200, 206):
-        if probe.status == 416:
-            probe.release()
-            return await _foreign_or_refuse(ctx)
-        return await backend_error(ctx, probe)
-    try:
-        head = await read_at_most(probe, PROBE_BYTES)
-        if "Content-Range" in probe.headers:
-            total = backend_total(probe.headers)
-        else:
-            total = backend_length(probe.headers)
-    finally:
-        probe.release()
-    etag = probe.headers.get("ETag", "")
-    sealed = await unseal(ctx, probe.headers, bucket, key, "GetObject")
-    if sealed is None:
-        return await _foreign_or_refuse(ctx)
-    with sse.held_dek(sealed.dek):  # zeroed once the body is sent or the read failed
-        return await _send_range(ctx, sealed, probe.headers, head, total, etag)
-
-
-async def _send_range(
-    ctx: Ctx, sealed: Sealed, probe_headers: Mapping[str, str], head: bytes, total: int, etag: str
-) -> web.StreamResponse:
-    """The 206 of ``_get_partial``: a ``Range`` or a ``partNumber`` of the object ``sealed`` opened."""
-    bucket, key, q = ctx.bucket, ctx.key, version_query(ctx)
-    env = sealed.env
-    sse.check_customer_key(ctx, env)
-    table = await part_table(ctx, bucket, key, env, etag, total, head[: objectinfo.header_size(env.layout)] or None)
-    size = await resolve_size(ctx, bucket, key, env, etag, total)
-    part_number = ctx.route.q("partNumber")
-    hdrs = out_headers(ctx, probe_headers, env, sealed.contents)
-    hdrs["Accept-Ranges"] = "bytes"
-    if part_number is not None:
-        pn = _part_number(part_number)
-        _check_no_range(ctx)
-        _check_part_exists(pn, len(table))
-        start, end = objectinfo.part_range(env.layout, table, pn, size)
-        if objectinfo.in_parts(env.layout):
-            hdrs["x-amz-mp-parts-count"] = str(len(table))
-    else:
-        rng = parse_range(ctx.request.headers.get("Range"))
-        assert rng is not None
-        start, end = rng.resolve(size)
-    length = end - start
-    if promises_manifest(sealed) and end > objectinfo.last_part_start(table):  # reaches the last part
-        mf = await checked_manifest(ctx, bucket, sealed, size, len(table))
-        try:
-            mf.check_parts([(None, p) for _, p in objectinfo.part_spans(table)])
-        except ManifestMismatch:
-            ctx.state.metrics.integrity_failures.inc()
-            raise integrity_error() from None
-    hdrs["Content-Range"] = f"bytes {start}-{end - 1}/{size}" if length else f"bytes */{size}"
-    pieces = decrypt_range(ctx, sealed, table, total, start, end, etag, head, q)
-    out = web.StreamResponse(status=206, headers=hdrs)
-    out.content_length = length
-    first: bytes | bytearray | memoryview = b""
-    try:
-        # Produce the first authenticated piece before committing to a 206.
-        async for first in pieces:  # noqa: B007 - take one piece, keep the generator
-            break
-    except FormatError:
-        ctx.state.metrics.integrity_failures.inc()
-        raise integrity_error() from None
-    await out.prepare(ctx.request)
-    return await send_plaintext(ctx, out, pieces, length, first)
-
-
-async def _foreign_or_refuse(ctx: Ctx) -> web.StreamResponse:
-    if ctx.bucket_settings.s3ec.read:
-        from s3proxy.http import s3ec_read
-
-        served = await s3ec_read.get(ctx, _passthrough_query(ctx), read_headers(ctx))
-        if served is not None:
-            return served
-    if not ctx.bucket_settings.allows_unencrypted(ctx.key):
-        raise unencrypted(ctx)
-    hdrs = read_headers(ctx)
-    if "Range" in ctx.request.headers:
-        hdrs["Range"] = ctx.request.headers["Range"]
-    return await relay(ctx, await ctx.backend.request("GET", ctx.bucket, ctx.key, query=list(ctx.route.query), headers=hdrs))
-
-
-async def _stream_ciphertext(
-    ctx: Ctx, bucket: str, key: str, start: int, end: int, etag: str, q: list[tuple[str, str]], head: bytes
-) -> AsyncIterator[bytes | bytearray | memoryview]:
-    if end <= len(head):
-        yield head[start:end]
-        return
-    resp = await ctx.backend.request(
-        "GET", bucket, key, query=q, headers={"Range": f"bytes={start}-{end - 1}", "If-Match": etag}
-    )
-    try:
-        if not _is_range_response(resp, start, end):
-            raise integrity_error() if resp.status != 412 else S3Error("PreconditionFailed", "The object changed while it was being read.", 412)
-        async for chunk in resp.content.iter_any():
-            yield chunk
-    finally:
-        resp.release()
-
-
-async def decrypt_range(
-    ctx: Ctx, sealed: Sealed, table: list[tuple[int, int]], total: int, start: int, end: int, etag: str,
-    head: bytes, q: list[tuple[str, str]], bucket: str | None = None, key: str | None = None,
-) -> AsyncIterator[bytes | bytearray | memoryview]:
-    """Authenticated plaintext [start, end), fetching only the chunks needed (``crypto.streams``:
-    headers through ``fetch``, chunks through ``stream``; what the probe ``head`` holds is not
-    fetched again).  Parts out of order raise ``PartOrderError``, a ``FormatError``."""
-    env, dek = sealed.env, sealed.dek
-    bucket, key = bucket or ctx.bucket, key or ctx.key
-    if start >= end:
-        return
-
-    async def fetch(a: int, b: int) -> bytes:
-        return head[a:b] if b <= len(head) else await fetch_bytes(ctx, bucket, key, a, b, etag, q)
-
-    def stream(a: int, b: int) -> AsyncIterator[bytes | bytearray | memoryview]:
-        return _stream_ciphertext(ctx, bucket, key, a, b, etag, q, head)
-
-    if objectinfo.in_parts(env.layout):
-        pieces = streams.decrypt_k_range(dek, env.object_id, table, start, end, fetch, stream)
-    else:
-        header = await fetch(0, objectinfo.header_size(env.layout))
-        p = objectinfo.size_from_table(env.layout, table)
-        pieces = streams.decrypt_s_range(dek, env.object_id, header, p, start, end, stream)
-    async for out in pieces:
-        yield out
-
-
-async def resolve_size(
-    ctx: Ctx, bucket: str, key: str, env: Envelope, etag: str, ct_total: int, first_header: bytes | None = None
-) -> int:
-    """Plaintext size; for multipart objects on backends whose ETags lack ``-N``, walk the part headers."""
-    if objectinfo.needs_part_table(env.layout, etag):
-        table = await part_table(ctx, bucket, key, env, etag, ct_total, first_header)
-        return objectinfo.size_from_table(env.layout, table)
-    return plaintext_size(env, ct_total, etag)
