@@ -228,7 +228,7 @@ async def request_middleware(
     rid = new_request_id()
     request[REQUEST_ID] = rid
     start = time.perf_counter()
-    state.metrics.in_flight.inc()
+    state.request_metrics.begin()
     status = 500
     release: Callable[[], None] | None = None
     watchdog: _BodyWatchdog | None = None
@@ -280,8 +280,7 @@ async def request_middleware(
             release()
         elapsed = time.perf_counter() - start
         op = request.get(OP, "Unknown")
-        state.metrics.in_flight.dec()
-        state.request_metrics.observe(op, status, elapsed)
+        state.request_metrics.end(op, status, elapsed)
         if state.settings.log.access_log and log.is_enabled_for(logging.INFO):
             log.info(
                 "access",

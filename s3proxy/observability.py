@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
@@ -88,6 +89,41 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(combined)
 
 
+class _Hooks:
+    """A collector without metrics that runs ``Metrics.on_collect`` callbacks when collected."""
+
+    def __init__(self, hooks: list[Callable[[], None]]) -> None:
+        self._hooks = hooks
+
+    def collect(self) -> Iterator[Any]:
+        for hook in self._hooks:
+            hook()
+        return iter(())
+
+
+class _Sum:
+    """A ``Counter`` whose increments add up in a plain number until the registry is collected
+    (issue 11: ``Counter.inc`` takes a lock and checks the metric on each call).  One process only:
+    with multiprocess metrics another worker may answer the scrape."""
+
+    __slots__ = ("counter", "pending")
+
+    def __init__(self, counter: Counter, metrics: Metrics) -> None:
+        self.counter = counter
+        self.pending = 0.0
+        metrics.on_collect(self.flush)
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.pending += amount
+
+    def flush(self) -> None:
+        n, self.pending = self.pending, 0.0
+        if n:
+            self.counter.inc(n)
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -97,14 +133,18 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        # Registered first, so collected first: what ``on_collect`` callbacks add is in the scrape.
+        self._collect_hooks: list[Callable[[], None]] = []
+        r.register(_Hooks(self._collect_hooks))
         self.requests = Counter("s3proxy_requests", "Requests by S3 operation and status", ["op", "status"], registry=r)
         self.latency = Histogram(
             "s3proxy_request_seconds", "Request latency by operation", ["op"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.bytes_in = Counter("s3proxy_client_bytes_in", "Plaintext bytes received from clients", registry=r)
-        self.bytes_out = Counter("s3proxy_client_bytes_out", "Plaintext bytes sent to clients", registry=r)
-        self.encrypted = Counter("s3proxy_encrypted_bytes", "Plaintext bytes encrypted", registry=r)
-        self.decrypted = Counter("s3proxy_decrypted_bytes", "Plaintext bytes decrypted", registry=r)
+        # per-request byte counts: in one process they add up in a ``_Sum`` until a scrape
+        self.bytes_in = self._summed(Counter("s3proxy_client_bytes_in", "Plaintext bytes received from clients", registry=r))
+        self.bytes_out = self._summed(Counter("s3proxy_client_bytes_out", "Plaintext bytes sent to clients", registry=r))
+        self.encrypted = self._summed(Counter("s3proxy_encrypted_bytes", "Plaintext bytes encrypted", registry=r))
+        self.decrypted = self._summed(Counter("s3proxy_decrypted_bytes", "Plaintext bytes decrypted", registry=r))
         self.backend_errors = Counter("s3proxy_backend_errors", "Backend failures by kind", ["kind"], registry=r)
         self.key_errors = Counter("s3proxy_key_service_errors", "Key-service failures by code", ["code"], registry=r)
         self.integrity_failures = Counter(
@@ -120,6 +160,14 @@ class Metrics:
             "(yes, no, unknown) of each capability, 0 for the others",
             ["capability", "value"], registry=r, multiprocess_mode="livemax",
         )
+
+    def _summed(self, counter: Counter) -> Counter | _Sum:
+        return counter if _multiprocess_dir is not None else _Sum(counter, self)
+
+    def on_collect(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever the registry is collected (a scrape), before any metric is read:
+        values kept outside the metrics are added to them there (``state.RequestMetrics``)."""
+        self._collect_hooks.append(hook)
 
     def set_backend_capabilities(self, values: Mapping[str, str]) -> None:
         """``s3proxy_backend_capability{capability,value}``: one series per value, the current one 1."""

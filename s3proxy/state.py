@@ -5,6 +5,7 @@ settings and the key manager, never s3proxy.http."""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from s3proxy.aws.errors import S3Error
 from s3proxy.backend.client import BackendClient
 from s3proxy.config import LimitSettings, Settings
 from s3proxy.keys.manager import KeyManager
-from s3proxy.observability import Metrics
+from s3proxy.observability import LATENCY_BUCKETS, Metrics, multiprocess_dir
 
 ANONYMOUS = ""  # the per-identity budget key of unauthenticated requests
 
@@ -85,25 +86,83 @@ class Limiter:
 
 
 class RequestMetrics:
-    """The labelled children of the per-request metrics, looked up once per (op, status):
-    ``Counter.labels`` validates and hashes its labels under a lock on every call."""
+    """The per-request metrics: ``s3proxy_requests``, ``s3proxy_request_seconds`` and
+    ``s3proxy_in_flight_requests``.
 
-    __slots__ = ("_metrics", "_count", "_latency")
+    In one process (issue 11) a request adds to plain counters here, and they are added to the
+    Prometheus metrics when the registry is collected (``Metrics.on_collect``: every scrape and
+    ``get_sample_value`` sees them): a labelled child's ``inc``/``observe`` take a lock per value.
+    With multiprocess metrics (``--workers N``) a scrape may be answered by another worker, so
+    every request goes to the metrics at once, through the labelled children, looked up once."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._count: dict[tuple[str, int], Counter] = {}
         self._latency: dict[str, Histogram] = {}
+        self.deferred = multiprocess_dir() is None
+        self.active = 0  # requests in flight (deferred mode)
+        self._counts: dict[tuple[str, int], int] = {}  # (op, status) -> requests not yet added
+        self._hist: dict[str, list[float]] = {}  # op -> requests per latency bucket not yet added, then their sum
+        if self.deferred:
+            metrics.on_collect(self.flush)
+
+    def begin(self) -> None:
+        """A request starts (``s3proxy_in_flight_requests``)."""
+        if self.deferred:
+            self.active += 1
+        else:
+            self._metrics.in_flight.inc()
+
+    def end(self, op: str, status: int, seconds: float) -> None:
+        """A request that ``begin`` counted is over."""
+        if self.deferred:
+            self.active -= 1
+        else:
+            self._metrics.in_flight.dec()
+        self.observe(op, status, seconds)
 
     def observe(self, op: str, status: int, seconds: float) -> None:
+        if self.deferred:
+            counts = self._counts
+            counts[(op, status)] = counts.get((op, status), 0) + 1
+            hist = self._hist.get(op)
+            if hist is None:
+                hist = self._hist[op] = [0.0] * (len(_BOUNDS) + 1)
+            hist[bisect_left(_BOUNDS, seconds)] += 1  # the first bucket with seconds <= its bound
+            hist[-1] += seconds
+            return
+        self._child_count(op, status).inc()
+        self._child_latency(op).observe(seconds)
+
+    def flush(self) -> None:
+        """Add what the requests since the last flush counted to the metrics."""
+        counts, self._counts = self._counts, {}
+        hists, self._hist = self._hist, {}
+        for (op, status), n in list(counts.items()):
+            self._child_count(op, status).inc(n)
+        for op, hist in list(hists.items()):
+            child = self._child_latency(op)
+            child._sum.inc(hist[-1])  # what Histogram.observe adds to, n observations at once
+            for i, k in enumerate(hist[:-1]):
+                if k:
+                    child._buckets[i].inc(k)
+        if self.deferred:
+            self._metrics.in_flight.set(self.active)
+
+    def _child_count(self, op: str, status: int) -> Counter:
         count = self._count.get((op, status))
         if count is None:
             count = self._count[(op, status)] = self._metrics.requests.labels(op, str(status))
+        return count
+
+    def _child_latency(self, op: str) -> Histogram:
         latency = self._latency.get(op)
         if latency is None:
             latency = self._latency[op] = self._metrics.latency.labels(op)
-        count.inc()
-        latency.observe(seconds)
+        return latency
+
+
+_BOUNDS = (*LATENCY_BUCKETS, float("inf"))  # Histogram's upper bounds (it adds +Inf)
 
 
 @dataclass

@@ -1,12 +1,11 @@
 """The envelope: what an encrypted object stores in its metadata (FORMAT.md 3 and 8).
 
-An ``Envelope`` holds the format version, the layout, the ``object_id``,
-the wrapped DEK, the encryption context the wrap used, the
-placement-binding MAC and (version 2) the sealed block (``crypto.seal``: user
-metadata, sealed headers and tags, checksum, client-facing ETag), encrypted
-under a key derived from the DEK with the binding as associated data. It is encoded as user metadata under the
-reserved prefix ``s3proxy-`` and as a compact upload token appended to
-multipart UploadIds. Pure: no I/O, no asyncio.
+An ``Envelope`` holds the format version, the layout, the ``object_id``, the wrapped DEK, the
+encryption context the wrap used, the placement-binding MAC and (version 2) the sealed block
+(``crypto.seal``: user metadata, sealed headers and tags, checksum, client-facing ETag), encrypted
+under a key derived from the DEK with the binding as associated data. It is encoded as user
+metadata under the reserved prefix ``s3proxy-`` and as a compact upload token appended to multipart
+UploadIds. Pure: no I/O, no asyncio.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import json
 import os
 import re
 import struct
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
@@ -35,7 +35,7 @@ from s3proxy.crypto.errors import (
     UnsupportedFormatVersion,
 )
 from s3proxy.crypto.format import FORMAT_VERSION, OBJECT_ID_SIZE, Buffer, _check_dek
-from s3proxy.crypto.seal import SEAL_OVERHEAD, SealContents, open_block, seal_block, sealed_size
+from s3proxy.crypto.seal import SEAL_OVERHEAD, SealContents, open_block, seal_plaintext
 from s3proxy.keys.base import WrappedKey
 
 __all__ = [
@@ -71,6 +71,12 @@ MAX_TOKEN_CHARS: Final = 8192
 _PCT_SAFE: Final = ":/@+="  # plus letters, digits and "_.-~", which quote() never escapes
 _B64U_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
 _LAYOUTS: Final = ("S", "K")
+_CONTEXT_ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# Envelopes decoded, LRU (issue 11: base64, percent-encoding and JSON once per distinct metadata):
+# a pure function of public strings, nothing secret, nothing verified (``verify_binding`` runs on
+# every request); metadata that fails to decode is never cached.
+_DECODED: OrderedDict[tuple[str | None, ...], Envelope] = OrderedDict()
+DECODED_MAX: Final = 2048
 
 
 def new_object_id() -> bytes:
@@ -119,7 +125,7 @@ def _unpct(text: str, what: str) -> str:
 class EncryptionContext(Mapping[str, str]):
     """An immutable, hashable str -> str map with a canonical JSON encoding."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_json")
 
     def __init__(self, items: Mapping[str, str] | None = None) -> None:
         pairs = dict(items or {})
@@ -127,6 +133,7 @@ class EncryptionContext(Mapping[str, str]):
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError("encryption context keys and values must be str")
         self._items: tuple[tuple[str, str], ...] = tuple(sorted(pairs.items()))
+        self._json: bytes | None = None  # canonical_json, once computed (the object is immutable)
 
     def __getitem__(self, key: str) -> str:
         for k, v in self._items:
@@ -155,7 +162,9 @@ class EncryptionContext(Mapping[str, str]):
 
     def canonical_json(self) -> bytes:
         """UTF-8 JSON, keys sorted by code point, no whitespace, no ASCII escaping."""
-        return json.dumps(dict(self._items), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if self._json is None:  # once per context (immutable): a PUT binds, then stores it
+            self._json = _CONTEXT_ENCODER.encode(dict(self._items)).encode()
+        return self._json
 
     @classmethod
     def from_canonical_json(cls, data: bytes, error: type[Exception] = MalformedMetadata) -> EncryptionContext:
@@ -184,8 +193,8 @@ class EncryptionContext(Mapping[str, str]):
 class Envelope:
     """Everything needed to decrypt an object besides its body and the key backend.
 
-    Nothing here is secret in the clear: the DEK appears only wrapped, and ``seal``
-    (version 2: salt || AES-GCM ciphertext of a ``SealContents``) only encrypted.
+    Nothing here is secret in the clear: the DEK appears only wrapped, and ``seal`` (version 2:
+    salt || AES-GCM ciphertext of a ``SealContents``) only encrypted.
     """
 
     version: int
@@ -223,7 +232,7 @@ def _binding_mac(
             struct.pack(">I", seal_size) if version >= SEALED_VERSION else b"",
         )
     )
-    return hmac.new(mac_key, msg, sha256).digest()
+    return hmac.digest(mac_key, msg, sha256)  # one-shot, in C
 
 
 def _build(
@@ -233,9 +242,10 @@ def _build(
     if sealed is None:
         binding = _binding_mac(dek, FORMAT_VERSION, layout, object_id, wrapped, context, bucket, key)
         return Envelope(FORMAT_VERSION, layout, object_id, wrapped, context, binding)
-    size = sealed_size(sealed)
+    plaintext = sealed.encode()  # once: its length is bound, then it is encrypted
+    size = len(plaintext) + SEAL_OVERHEAD
     binding = _binding_mac(dek, SEALED_VERSION, layout, object_id, wrapped, context, bucket, key, size)
-    seal = seal_block(dek, sealed, binding, seal_salt)
+    seal = seal_plaintext(dek, plaintext, binding, seal_salt)
     return Envelope(SEALED_VERSION, layout, object_id, wrapped, context, binding, seal)
 
 
@@ -281,11 +291,10 @@ def rebind(
 ) -> Envelope:
     """The envelope for a copy at ``bucket``/``key`` and/or a re-wrapped DEK.
 
-    Keeps layout, ``object_id`` (the body stays valid) and, unless replaced, the
-    wrapped key and context. A v2 envelope keeps its sealed contents (re-sealed
-    under the new binding) unless ``sealed`` replaces them; a v1 envelope given
-    ``sealed`` becomes v2 (the body is the same in both versions). Does not
-    verify ``env``: call ``verify_binding`` on the source first.
+    Keeps layout, ``object_id`` (the body stays valid) and, unless replaced, the wrapped key and
+    context. A v2 envelope keeps its sealed contents (re-sealed under the new binding) unless
+    ``sealed`` replaces them; a v1 envelope given ``sealed`` becomes v2 (the body is the same in
+    both versions). Does not verify ``env``: call ``verify_binding`` on the source first.
     """
     new_wrapped = env.wrapped if wrapped is None else wrapped
     ctx = env.context if context is None else EncryptionContext(context)
@@ -332,7 +341,7 @@ def encode_metadata(env: Envelope) -> dict[str, str]:
         meta[META_VERSION] = str(SEALED_VERSION)
         meta[META_SEAL] = _b64u(env.seal)
         budget = USER_METADATA_LIMIT
-    size = sum(len(k) + len(v) for k, v in meta.items())  # all ASCII
+    size = len("".join(meta)) + len("".join(meta.values()))  # all ASCII
     if size > budget:
         raise MetadataTooLarge(f"envelope metadata of {size} bytes exceeds {budget}")
     return meta
@@ -341,14 +350,25 @@ def encode_metadata(env: Envelope) -> dict[str, str]:
 def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
     """The envelope in ``meta`` (keys without ``x-amz-meta-``), or None if there is none.
 
-    Raises ``UnsupportedFormatVersion`` for a version other than 1 and 2 and
-    ``MalformedMetadata`` for missing, extra or badly encoded fields. The binding
-    (and the sealed block) are not verified here (that needs the DEK): call
-    ``verify_binding``, then ``open_seal``.
+    Raises ``UnsupportedFormatVersion`` for a version other than 1 and 2 and ``MalformedMetadata``
+    for missing, extra or badly encoded fields. The binding (and the sealed block) are not verified
+    here (that needs the DEK): call ``verify_binding``, then ``open_seal``.
     """
     ours = {k.lower(): v for k, v in meta.items() if k.lower() in ENVELOPE_KEYS}
     if not ours:
         return None
+    ck = tuple(map(ours.get, ENVELOPE_KEYS))  # ``ours`` exactly (its keys are ENVELOPE_KEYS)
+    env = _DECODED.get(ck)
+    if env is None:
+        env = _DECODED[ck] = _decode(ours)
+        if len(_DECODED) > DECODED_MAX:
+            _DECODED.popitem(last=False)
+    else:
+        _DECODED.move_to_end(ck)
+    return env
+
+
+def _decode(ours: dict[str, str]) -> Envelope:
     version = ours.get(META_VERSION)
     if version is None:
         raise MalformedMetadata(f"envelope metadata without {META_VERSION}")
@@ -385,9 +405,8 @@ def decode_metadata(meta: Mapping[str, str]) -> Envelope | None:
 class UploadToken(NamedTuple):
     """What UploadPart needs to encrypt a part statelessly, and the tag that proves s3proxy made it.
 
-    ``signed`` is the token's bytes before the tag; ``verify_upload_token``
-    checks ``tag`` over it and the upload's bucket, key and backend upload id.
-    Nothing in a decoded token may be trusted before that check.
+    ``signed`` is the token's bytes before the tag; ``verify_upload_token`` checks ``tag`` over it
+    and the upload's bucket, key and backend upload id. Nothing decoded is trusted before that.
     """
 
     object_id: bytes
@@ -413,7 +432,7 @@ def _token_tag(dek: Buffer, signed: bytes, bucket: str, key: str, backend_upload
     msg = b"".join(
         (TOKEN_LABEL, b"\x00", _lp(bucket.encode()), _lp(key.encode()), _lp(backend_upload_id.encode()), signed)
     )
-    return hmac.new(mac_key, msg, sha256).digest()
+    return hmac.digest(mac_key, msg, sha256)  # one-shot, in C
 
 
 def encode_upload_token(env: Envelope, dek: Buffer, bucket: str, key: str, backend_upload_id: str) -> str:

@@ -36,6 +36,7 @@ __all__ = [
     "SealContents",
     "open_block",
     "seal_block",
+    "seal_plaintext",
     "sealed_size",
 ]
 
@@ -83,13 +84,13 @@ class SealContents:
             obj["e"] = self.etag
         if self.manifest:
             obj["mf"] = 1
-        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+        return _ENCODER.encode(obj).encode("ascii")
 
     @classmethod
     def decode(cls, data: bytes) -> SealContents:
         """The inverse of ``encode``; anything else (unknown members included) is ``MalformedMetadata``."""
         try:
-            obj = json.loads(data.decode("ascii"))
+            obj = _DECODER.decode(data.decode("ascii"))
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise MalformedMetadata("sealed block is not JSON") from None
         if not isinstance(obj, dict) or not set(obj) <= _MEMBERS:
@@ -112,6 +113,10 @@ class SealContents:
         return contents
 
 
+_ENCODER: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)  # as json.dumps, built once
+_DECODER: Final = json.JSONDecoder()  # json.loads's, without its per-call argument checks
+
+
 def _str_map(obj: object) -> bool:
     return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in obj.items())
 
@@ -129,12 +134,18 @@ def sealed_size(contents: SealContents) -> int:
 def seal_block(dek: Buffer, contents: SealContents, binding: bytes, salt: bytes | None = None) -> bytes:
     """``salt || AES-GCM(k_seal, nonce, contents, associated data = binding)``; ``salt`` is random
     unless given (test vectors).  ``binding`` must already bind ``sealed_size(contents)``."""
+    return seal_plaintext(dek, contents.encode(), binding, salt)
+
+
+def seal_plaintext(dek: Buffer, plaintext: bytes, binding: bytes, salt: bytes | None = None) -> bytes:
+    """``seal_block`` of contents already encoded (``SealContents.encode``: the caller that binds
+    the block's size encodes once)."""
     _check_dek(dek)
     salt = os.urandom(SEAL_SALT_SIZE) if salt is None else bytes(salt)
     if len(salt) != SEAL_SALT_SIZE:
         raise ValueError(f"seal salt must be {SEAL_SALT_SIZE} bytes")
     aead, nonce = _seal_cipher(dek, salt)
-    return salt + aead.encrypt(nonce, contents.encode(), binding)
+    return salt + aead.encrypt(nonce, plaintext, binding)
 
 
 def open_block(dek: Buffer, seal: bytes, binding: bytes) -> SealContents:

@@ -18,6 +18,7 @@ Two operations are checked further by their handlers:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -85,6 +86,11 @@ AMBIGUOUS = "Ambiguous"  # several sub-resources at once: the backend might act 
 
 def operation(r: Route, method: str) -> str:
     """The S3 operation a routed request performs, named as in the S3 API."""
+    if not r.query and r.bucket is not None:  # the usual GET/PUT/HEAD: what the general case gives
+        if r.key is not None:
+            return AMBIGUOUS if r.op == "ObjectConfig" else r.op
+        if r.op != "BucketConfig":
+            return r.op
     names = {k for k, _ in r.query} - {"x-id"}  # x-id: the SDKs' operation hint, ignored by S3
     if r.bucket is None:
         return "ListBuckets" if r.op == "ListBuckets" else r.op
@@ -132,12 +138,20 @@ def action_for(r: Route, method: str) -> str:
     return ACTIONS.get(operation(r, method), "admin")
 
 
+# Header names that may call for ``admin`` (``header_actions`` then looks closer), one per line.
+# Case-insensitive in Unicode mode: it matches every name whose ``lower()`` is one of these (and
+# a few more, such as U+017F for "s", which only cost the closer look).
+_ADMIN_NAMES = re.compile(r"^x-amz-(?:acl$|grant-|object-lock-|bypass-governance-retention$)", re.I | re.M)
+
+
 def header_actions(headers: Mapping[str, str]) -> set[str]:
     """Further actions the request's headers call for, whatever the operation.
 
     Granting access (x-amz-acl other than a harmless canned ACL, x-amz-grant-*),
     object lock (x-amz-object-lock-*) and bypassing governance retention all
     need ``admin``."""
+    if _ADMIN_NAMES.search("\n".join(headers)) is None:  # the usual request: one scan in C
+        return set()
     for name, value in headers.items():
         n = name.lower()
         if n == "x-amz-acl" and value.strip().lower() not in HARMLESS_CANNED_ACLS:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from s3proxy.aws import xmlsafe
 from s3proxy.aws.errors import S3Error
+from s3proxy.http import attributes, copy, listing, multipart, objects, reads, tagging_ops
 from s3proxy.http.auth import Caller, RequestBody, authenticate
 from s3proxy.http.authz import authorise, check_delete_objects, list_buckets
 from s3proxy.http.ctx import (
@@ -111,8 +112,6 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 
 async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http import attributes, copy, listing, multipart, objects, reads, tagging_ops
-
     r, request = ctx.route, ctx.request
     if r.bucket is not None and r.key is not None:
         reject_reserved_metadata(request.headers)
@@ -135,26 +134,7 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
         return await sidecars.delete_bucket(ctx)  # the bucket's own manifests go with it
     if sealed_tagging is not None:
         return await sealed_tagging(ctx)
-    table: dict[str, Handler] = {
-        "PutObject": objects.put_object,
-        "GetObject": reads.get_object,
-        "HeadObject": reads.head_object,
-        "CopyObject": copy.copy_object,
-        "GetObjectAttributes": attributes.get_object_attributes,
-        "CreateMultipartUpload": multipart.create,
-        "UploadPart": multipart.upload_part,
-        "UploadPartCopy": copy.upload_part_copy,
-        "CompleteMultipartUpload": multipart.complete,
-        "AbortMultipartUpload": multipart.abort,
-        "ListParts": multipart.list_parts,
-        "ListMultipartUploads": multipart.list_uploads,
-        "ListObjects": listing.list_objects,
-        "ListObjectsV2": listing.list_objects,
-        "ListObjectVersions": listing.list_objects,
-        "SelectObjectContent": _unsupported,
-        "PostObject": _unsupported,
-    }
-    handler = table.get(r.op, passthrough)
+    handler = _TABLE.get(r.op, passthrough)
     if ctx.state.backend.names is not None:
         from s3proxy.http import names_ops
 
@@ -165,6 +145,28 @@ async def _dispatch_op(ctx: Ctx) -> web.StreamResponse:
 
 async def _unsupported(ctx: Ctx) -> web.StreamResponse:
     raise S3Error("NotImplemented", f"{ctx.route.op} is not supported on encrypted buckets", 501)
+
+
+# The handlers of operations on encrypted buckets (built once: issue 11, it was per request).
+_TABLE: dict[str, Handler] = {
+    "PutObject": objects.put_object,
+    "GetObject": reads.get_object,
+    "HeadObject": reads.head_object,
+    "CopyObject": copy.copy_object,
+    "GetObjectAttributes": attributes.get_object_attributes,
+    "CreateMultipartUpload": multipart.create,
+    "UploadPart": multipart.upload_part,
+    "UploadPartCopy": copy.upload_part_copy,
+    "CompleteMultipartUpload": multipart.complete,
+    "AbortMultipartUpload": multipart.abort,
+    "ListParts": multipart.list_parts,
+    "ListMultipartUploads": multipart.list_uploads,
+    "ListObjects": listing.list_objects,
+    "ListObjectsV2": listing.list_objects,
+    "ListObjectVersions": listing.list_objects,
+    "SelectObjectContent": _unsupported,
+    "PostObject": _unsupported,
+}
 
 
 def _check_capability(ctx: Ctx) -> None:

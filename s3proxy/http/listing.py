@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import re
 from urllib.parse import unquote
 from xml.sax.saxutils import unescape
@@ -25,7 +26,7 @@ from multidict import CIMultiDict
 from s3proxy.aws.errors import S3Error
 from s3proxy.crypto import objectinfo
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, response_headers
-from s3proxy.http.memo import PARTS_RE, EtagMemo, etag_memo
+from s3proxy.http.memo import PAGE_CACHE_BYTES, PAGE_CACHE_MIN, PARTS_RE, EtagMemo, etag_memo
 
 MAX_LISTING = 64 * 1024 * 1024
 _ENTRY = re.compile(rb"<(Contents|Version)>(.*?)</\1>", re.S)
@@ -160,7 +161,11 @@ async def _backend_page(ctx: Ctx, query: list[tuple[str, str]]) -> tuple[bytes, 
     if resp.status != 200:
         return await backend_error(ctx, resp)
     try:
-        body = await read_at_most(resp, MAX_LISTING + 1)
+        n = resp.content_length
+        if n is not None and n <= MAX_LISTING:
+            body = await resp.read()  # one read: the parser stops the body at its Content-Length
+        else:
+            body = await read_at_most(resp, MAX_LISTING + 1)
         if len(body) > MAX_LISTING:
             raise S3Error("InternalError", "backend listing too large", 500)
     finally:
@@ -241,7 +246,7 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
     HEADed, and the output is spliced from the scanned pieces."""
     memo = etag_memo(ctx)
     url_keys = ctx.route.q("encoding-type") == "url"
-    fast = _canonical_listing(ctx.bucket, url_keys, memo, xml)
+    fast = _fast_page(ctx.bucket, url_keys, memo, xml)
     if fast is not None:
         return fast
     entries = _entries(xml)
@@ -275,6 +280,7 @@ async def resolve_listing(ctx: Ctx, xml: bytes) -> bytes:
     raw = _raw_sizes(memo)
     if len(raw) + len(keys) > _CACHE_MAX:
         raw.clear()
+        clear_pages(memo)  # a cached page is only as valid as the raw sizes it was made from
     for i, ck in keys.items():
         if ck is not None:
             if ck not in memo.sizes:
@@ -356,6 +362,36 @@ def _canonical_listing(bucket: str, url_keys: bool, memo: EtagMemo, xml: bytes) 
     return b"".join(pieces)
 
 
+def _fast_page(bucket: str, url_keys: bool, memo: EtagMemo, xml: bytes) -> bytes | None:
+    """``_canonical_listing`` once per distinct backend page (issue 11: a client that lists the
+    same prefix again gets the page rewritten before, ~120,000 bytecodes saved per 1,000 keys).
+
+    The rewrite is a function of the page's bytes, the bucket, ``encoding-type``, the backend's
+    "-N" knowledge (``minus_n``, also what the rewrite leaves it at) and the raw sizes it read,
+    which never change for a given (Key, ETag, Size) and are cleared together with these pages.
+    A page that differs in any byte (an object replaced, added, removed) has another digest."""
+    if len(xml) < PAGE_CACHE_MIN:
+        return _canonical_listing(bucket, url_keys, memo, xml)
+    ck = (bucket, url_keys, memo.minus_n, hashlib.sha256(xml).digest())
+    hit = memo.pages.get(ck)
+    if hit is not None:
+        memo.pages.move_to_end(ck)
+        memo.minus_n = hit[1]  # what _canonical_listing learned from this page
+        return hit[0]
+    out = _canonical_listing(bucket, url_keys, memo, xml)
+    if out is not None and len(out) <= PAGE_CACHE_BYTES // 4:
+        memo.pages[ck] = (out, memo.minus_n)
+        memo.pages_bytes += len(out)
+        while memo.pages_bytes > PAGE_CACHE_BYTES:
+            memo.pages_bytes -= len(memo.pages.popitem(last=False)[1][0])
+    return out
+
+
+def clear_pages(memo: EtagMemo) -> None:
+    memo.pages.clear()
+    memo.pages_bytes = 0
+
+
 _KEY_ENTITIES = {"&quot;": '"', "&apos;": "'", "&#34;": '"', "&#39;": "'"}
 _ETAG_ENTITIES = {"&quot;": '"', "&#34;": '"'}
 
@@ -380,7 +416,7 @@ def _cache_key(bucket: str, e: _Entry, url_keys: bool) -> tuple[str, str, str, i
 
 async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vid: str | None) -> int | None:
     """Plaintext size of one listed object from its envelope (None: leave the listed size)."""
-    from s3proxy.http import objects, reads
+    from s3proxy.http import objects, reads_body
     from s3proxy.http.router import Route
 
     bucket, key, etag, size = ck
@@ -408,7 +444,7 @@ async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vi
         memo.minus_n = False  # ("-N" once seen stays trusted: a plain-ETag K object there was copied around us)
     sub = dataclasses.replace(ctx, route=Route("HeadObject", bucket, key, tuple(vq)))
     try:
-        return await reads.resolve_size(sub, bucket, key, env, etag, size)
+        return await reads_body.resolve_size(sub, bucket, key, env, etag, size)
     except S3Error as e:
         if e.status >= 500:
             raise

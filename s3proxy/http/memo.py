@@ -8,6 +8,7 @@ Kept on the app state; imports nothing of ``http`` but ``ctx``.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from urllib.parse import urlsplit
 
 from s3proxy.http.ctx import (
@@ -17,12 +18,21 @@ from s3proxy.http.ctx import (
 PARTS_RE = re.compile(rb"-(\d+)(?:&quot;|&#34;|\")?\s*$")
 
 
+PAGE_CACHE_BYTES = 8 << 20  # rewritten listing pages kept per process (a 1,000-key page: ~0.3 MiB)
+PAGE_CACHE_MIN = 4096  # smaller pages cost less to rewrite than to hash: not cached
+
+
 class EtagMemo:
     """Per-backend knowledge: does it list multipart objects with "-N" ETags; the sizes it resolved."""
 
     def __init__(self) -> None:
         self.minus_n: bool | None = None  # True: seen "-N" in a listing; False: seen K without it
         self.sizes: dict[tuple[str, str, str, int], int | None] = {}
+        # rewritten listing pages (``listing._fast_page``): (bucket, url_keys, minus_n, SHA-256 of
+        # the backend page) -> (the page the client gets, minus_n after it); LRU, at most
+        # PAGE_CACHE_BYTES of pages
+        self.pages: OrderedDict[tuple[str, bool, bool | None, bytes], tuple[bytes, bool | None]] = OrderedDict()
+        self.pages_bytes = 0
 
 
 def etag_memo(ctx: Ctx) -> EtagMemo:

@@ -24,6 +24,7 @@ from s3proxy.backend import copies, ops
 from s3proxy.backend.profiles import copies_pinned
 from s3proxy.crypto import objectinfo
 from s3proxy.crypto.envelope import (
+    ENVELOPE_KEYS,
     SEALED_VERSION,
     USER_METADATA_LIMIT,
     Envelope,
@@ -91,6 +92,24 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     return {k[len(META):].lower(): v for k, v in headers.items() if k.lower().startswith(META)}
 
 
+_ENVELOPE_HEADERS = tuple((META + k, k) for k in ENVELOPE_KEYS)
+
+
+def envelope_fields(headers: Mapping[str, str]) -> dict[str, str]:
+    """The envelope's part of ``user_metadata(headers)`` (issue 11): with aiohttp's headers, a
+    case-insensitive multidict, its seven names are looked up (the last of repeated ones, as
+    ``user_metadata`` keeps) instead of every header being lowered."""
+    getall = getattr(headers, "getall", None)
+    if getall is None:
+        return user_metadata(headers)
+    out = {}
+    for name, k in _ENVELOPE_HEADERS:
+        values = getall(name, None)
+        if values:
+            out[k] = values[-1]
+    return out
+
+
 def metadata_too_large() -> S3Error:
     return S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed metadata size.", 400)
 
@@ -145,7 +164,7 @@ class Sealed:
 
 def plaintext_size(env: Envelope, ct_total: int, etag: str | None) -> int:
     """Plaintext size from the stored size and ETag; the integrity error when they cannot be one's
-    of this layout (or the part table would be needed: ``reads.resolve_size``)."""
+    of this layout (or the part table would be needed: ``reads_body.resolve_size``)."""
     try:
         size = objectinfo.plaintext_size(env.layout, ct_total, etag)
     except FormatError:
@@ -157,7 +176,7 @@ def plaintext_size(env: Envelope, ct_total: int, etag: str | None) -> int:
 
 def read_envelope(headers: Mapping[str, str]) -> Envelope | None:
     try:
-        return decode_metadata(user_metadata(headers))
+        return decode_metadata(envelope_fields(headers))
     except FormatError as e:
         raise S3Error("InvalidObjectState", f"unreadable s3proxy metadata: {type(e).__name__}", 403) from None
 
@@ -306,7 +325,7 @@ async def mapped_conditions(
     if head.status != 200 or not backend_etag:
         return conds
     try:
-        env = decode_metadata(user_metadata(head.headers))
+        env = decode_metadata(envelope_fields(head.headers))
     except FormatError:
         return conds
     if env is None:

@@ -48,10 +48,9 @@ from s3proxy.http.reads_body import (
     resolve_size,
     send_plaintext,
 )
-from s3proxy.http.reads_range import check_no_range, check_part_exists, decrypt_range, get_partial, parse_part_number
+from s3proxy.http.reads_range import check_no_range, check_part_exists, get_partial, parse_part_number
 
-# decrypt_range, part_table and resolve_size are re-exported for http.copy and http.listing.
-__all__ = ["SMALL_OBJECT", "decrypt_range", "get_object", "head_object", "part_table", "resolve_size"]
+__all__ = ["SMALL_OBJECT", "get_object", "head_object"]
 
 
 # Whole S objects up to this many ciphertext bytes are decrypted in memory and sent as one

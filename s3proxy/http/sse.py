@@ -145,13 +145,16 @@ def requested_key_id(ctx: Ctx) -> str | None:
 
 
 async def data_key_for_write(ctx: Ctx, bucket: str, key: str, nbytes: int | None, op: str) -> tuple[bytearray, WrappedKey, dict[str, str]]:
-    with _customer_key(ctx) as ck:
-        if ck is not None:
+    ck = _ck(ctx)  # no ``with _customer_key``: a generator context per request, for the rare SSE-C one
+    if ck is not None:
+        try:
             if SSE in ctx.request.headers:
                 raise S3Error("InvalidArgument", "Server Side Encryption with Customer provided key is incompatible with the encryption method specified", 400)
             context = {"bucket": bucket}
             dk = ctx.state.keys.sse_c_data_key(ck.key, context, audit=audit_info(ctx, op, bucket, key))
             return dk.plaintext, dk.wrapped, context
+        finally:
+            ck.clear()
     extra = _extra_context(ctx)
     dk = await ctx.state.keys.data_key_for_write(
         bucket=bucket, key=key, requested_key_id=requested_key_id(ctx), extra_context=extra or None,
@@ -191,14 +194,18 @@ _KEY_MESSAGES = {
 
 def _check_key(ctx: Ctx, env: Envelope, prefix: str) -> None:
     missing, wrong, unexpected = _KEY_MESSAGES[prefix]
-    with _customer_key(ctx, prefix) as ck:
+    ck = _ck(ctx, prefix)
+    if ck is None:
         if env.wrapped.backend == "sse-c":
-            if ck is None:
-                raise S3Error("InvalidRequest", missing, 400)
-            if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
-                raise S3Error("AccessDenied", wrong, 403)
-        elif ck is not None:
+            raise S3Error("InvalidRequest", missing, 400)
+        return
+    try:
+        if env.wrapped.backend != "sse-c":
             raise S3Error("InvalidRequest", unexpected, 400)
+        if not hmac.compare_digest(ck.md5_b64, env.wrapped.key_id):
+            raise S3Error("AccessDenied", wrong, 403)
+    finally:
+        ck.clear()
 
 
 def check_customer_key(ctx: Ctx, env: Envelope) -> None:

@@ -41,7 +41,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from typing import Any, TypeVar
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 
 from .base import (
     DataKey,
@@ -57,6 +57,7 @@ from .cache_parts import (
     CacheStatus,
     Flight,
     Negative,
+    OnCollect,
     ReadEntry,
     Side,
     WriteEntry,
@@ -65,8 +66,6 @@ from .cache_parts import (
 from .settings import CacheSettings
 
 T = TypeVar("T")
-
-__all__ = ["PERMANENT_ERRORS", "CacheStats", "CacheStatus", "DataKeyCache"]
 
 
 class DataKeyCache:
@@ -111,6 +110,11 @@ class DataKeyCache:
         # backend name -> until when stale entries are served without asking it
         self._down_until: dict[str, float] = {}
         self.stats: dict[Side, CacheStats] = {"encrypt": CacheStats(), "decrypt": CacheStats()}
+        # In one process the metrics follow ``stats`` at each collection (issue 11: no lock per request)
+        self._deferred = registry is not None and values.ValueClass is values.MutexValue
+        self._flushed: dict[tuple[str, Side], int] = {}
+        if registry is not None and self._deferred:
+            registry.register(OnCollect(self._flush))
         self._metrics = CacheMetrics(registry) if registry is not None else None
         self._children: dict[tuple[str, str], Any] = {}  # labelled metric children, by (counter, side)
 
@@ -162,7 +166,7 @@ class DataKeyCache:
         stats = self.stats[side]
         setattr(stats, what, getattr(stats, what) + n)
         m = self._metrics
-        if m is None:
+        if m is None or self._deferred:
             return
         if what == "stale_hits":
             m.stale_hits.inc(n)
@@ -172,6 +176,16 @@ class DataKeyCache:
                 counter: Any = getattr(m, what)
                 child = self._children[(what, side)] = counter.labels(side)
             child.inc(n)
+
+    def _flush(self) -> None:  # the counts since the last collection, from ``stats``
+        m = self._metrics
+        for side, stats in self.stats.items():
+            for what in ("hits", "misses", "backend_calls", "negative_hits", "stale_hits"):
+                now = getattr(stats, what)
+                if m is not None and now != self._flushed.get((what, side), 0):
+                    counter = m.stale_hits if what == "stale_hits" else getattr(m, what).labels(side)
+                    counter.inc(now - self._flushed.get((what, side), 0))
+                    self._flushed[(what, side)] = now
 
     def _gauge(self) -> None:
         if self._metrics is not None:

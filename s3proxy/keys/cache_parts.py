@@ -5,9 +5,9 @@ nothing here logs or renders them."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -121,3 +121,13 @@ class CacheMetrics:
         )
 
 
+class OnCollect:
+    """A collector of no metrics that calls ``hook`` whenever its registry is collected (a scrape):
+    registered before the metrics it updates, so the scrape reads them updated."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self._hook = hook
+
+    def collect(self) -> Iterator[Any]:
+        self._hook()
+        return iter(())
