@@ -26,6 +26,7 @@ from typing import Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
+from aiohttp.payload import AsyncIterablePayload
 from yarl import URL
 
 from s3proxy.aws.errors import S3Error
@@ -111,7 +112,7 @@ class BackendClient:
         self._base = settings.url
         self._host = parts.netloc
         self._prefix = parts.path.rstrip("/")
-        self._origin = parts.scheme + "://" + parts.netloc
+        self._scheme = parts.scheme
         self.credentials = BackendCredentials(
             settings.access_key.get_secret_value(), settings.secret_key.get_secret_value()
         )
@@ -200,6 +201,7 @@ class BackendClient:
         hdrs.pop("content-length", None)  # set below from the body; never signed
         hdrs["host"] = self._host
         length: str | None = None
+        data: object = body
         if body is None:
             payload_hash = EMPTY_SHA256
             if method in ("PUT", "POST"):
@@ -212,6 +214,8 @@ class BackendClient:
                 raise ValueError("streamed bodies need an exact content_length")
             payload_hash = UNSIGNED
             length = str(content_length)
+            # Given as a payload, aiohttp skips its search of the payload registry for an async iterable.
+            data = AsyncIterablePayload(body)  # type: ignore[arg-type]  # it sends memoryviews as they are
         signed = sign_request(
             method,
             path,
@@ -227,9 +231,10 @@ class BackendClient:
         if length is not None:
             hdrs["content-length"] = length
         qs = "&".join([f"{_quote_q(k)}={_quote_q(v)}" for k, v in query]) if query else ""
-        url = URL(self._origin + path + (("?" + qs) if qs else ""), encoded=True)
+        # Built from its parts, already encoded: no parse of a URL string (the host is settings.url's).
+        url = URL.build(scheme=self._scheme, authority=self._host, path=path, query_string=qs, encoded=True)
         self.requests_sent += 1
-        return await self._session.request(method, url, headers=hdrs, data=body, allow_redirects=False)
+        return await self._session.request(method, url, headers=hdrs, data=data, allow_redirects=False)
 
 
 class BoundBackend:

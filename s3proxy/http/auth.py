@@ -43,6 +43,19 @@ class Caller:
     auth: AuthResult | None
 
 
+# The identities by access key, for the last (immutable) identities tuple seen: built once, not per request.
+_BY_KEY: list[tuple[tuple[Identity, ...], dict[str, Identity]]] = [((), {})]
+
+
+def _identities_by_key(identities: tuple[Identity, ...]) -> dict[str, Identity]:
+    seen, by_key = _BY_KEY[0]
+    if seen is not identities:
+        by_key = {i.access_key: i for i in identities}
+        if type(identities) is tuple:  # a list (settings built without validation) could change: never kept
+            _BY_KEY[0] = (identities, by_key)
+    return by_key
+
+
 def authenticate(request: web.Request, settings: Settings, now: datetime | None = None) -> Caller:
     raw_path, _, raw_query = request.raw_path.partition("?")
     view = RequestView(
@@ -51,7 +64,7 @@ def authenticate(request: web.Request, settings: Settings, now: datetime | None 
         raw_query=raw_query,
         headers=list(request.headers.items()),
     )
-    by_key = {i.access_key: i for i in settings.identities}
+    by_key = _identities_by_key(settings.identities)
 
     def lookup(ak: str) -> str | None:
         ident = by_key.get(ak)
