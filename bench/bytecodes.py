@@ -10,7 +10,7 @@ counted).  The client's own bytecodes, measured against the origin directly,
 are subtracted.  Log level ``warning`` and audit off, as in ``python -m bench``
 (``--audit``: the audit log on, to a file, as a default deployment has it on
 stdout).  Besides the 4 KiB PUT and GET, a ListObjectsV2 page of 1,000 keys
-(``LIST``) and a 64 MiB GET (per MiB: the Python share of a large GET; its C
+(``LIST``), a 64 MiB PUT and a 64 MiB GET (per MiB: the Python share of a large PUT or GET; their C
 share, AES, copies and syscalls, needs py-spy --native or perf) are counted.
 
 ``--top N`` prints, for the work tree, the N functions that execute the most
@@ -138,14 +138,18 @@ async def measure(n: int = N, *, top: int = 0, audit: bool = False) -> tuple[dic
                     async def big(i: int, c: S3Client = c, bucket: str = bucket) -> None:
                         await c.get(bucket, "big", None, BIG)
 
+                    async def bigput(i: int, c: S3Client = c, bucket: str = bucket, pattern: Pattern = pattern) -> None:
+                        await c.put(bucket, "big", pattern, BIG)
+
                     await big(0)
-                    for op, fn, times in (("PUT", put, n), ("GET", get, n), ("LIST", lst, N_LIST), ("GET 64 MiB", big, 1)):
+                    for op, fn, times in (("PUT", put, n), ("GET", get, n), ("LIST", lst, N_LIST), ("PUT 64 MiB", bigput, 1),
+                                          ("GET 64 MiB", big, 1)):
                         out[f"{op} {bucket}"] = await count.run(fn, times)
                         if top and bucket == "p":
                             profiles[op] = count.top(top, times)
         finally:
             await runner.cleanup()
-        return {op: out[f"{op} p"] - out[f"{op} d"] for op in ("PUT", "GET", "LIST", "GET 64 MiB")}, profiles
+        return {op: out[f"{op} p"] - out[f"{op} d"] for op in ("PUT", "GET", "LIST", "PUT 64 MiB", "GET 64 MiB")}, profiles
     finally:
         origin.terminate()
         origin.wait()
@@ -163,7 +167,7 @@ def _child(top: int, audit: bool) -> None:
         print("| function | bytecodes |\n|---|---|")
         for name, c in rows:
             print(f"| `{name}` | {c:,.0f} |")
-    print(f"{Path(s3proxy.__file__).parent}\t{res['PUT']:.0f}\t{res['GET']:.0f}\t{res['LIST']:.0f}\t{res['GET 64 MiB'] / 64:.0f}")
+    print(f"{Path(s3proxy.__file__).parent}\t{res['PUT']:.0f}\t{res['GET']:.0f}\t{res['LIST']:.0f}\t{res['PUT 64 MiB'] / 64:.0f}\t{res['GET 64 MiB'] / 64:.0f}")
 
 
 def main(argv: list[str]) -> int:
@@ -193,13 +197,13 @@ def main(argv: list[str]) -> int:
         lines = done.stdout.strip().splitlines()
         if top:
             print("\n".join(lines[:-1]) + "\n")
-        _, put_n, get_n, list_n, big_n = lines[-1].split("\t")
-        rows.append((ref or "work tree", int(put_n), int(get_n), int(list_n), int(big_n)))
+        _, put_n, get_n, list_n, bigput_n, big_n = lines[-1].split("\t")
+        rows.append((ref or "work tree", int(put_n), int(get_n), int(list_n), int(bigput_n), int(big_n)))
     audit = " (audit log on)" if args.audit else ""
     print(f"| s3proxy{audit} | bytecodes per 4 KiB PUT | per 4 KiB GET | per LIST of {LIST_KEYS:,} keys "
-          f"| per MiB of a 64 MiB GET |\n|---|---|---|---|---|")
-    for name, put, get, lst, big in rows:
-        print(f"| {name} | {put:,} | {get:,} | {lst:,} | {big:,} |")
+          f"| per MiB of a 64 MiB PUT | per MiB of a 64 MiB GET |\n|---|---|---|---|---|---|")
+    for name, put, get, lst, bigput, big in rows:
+        print(f"| {name} | {put:,} | {get:,} | {lst:,} | {bigput:,} | {big:,} |")
     return 0
 
 
