@@ -201,6 +201,8 @@ async def _copy_object(ctx: Ctx, src: CopySource) -> web.StreamResponse:
         return await copy_multipart(ctx, src_bucket, src_key, vq, head.headers, env, new_env, headers, mp_tags or None)
     headers["x-amz-copy-source"] = ctx.state.backend.copy_source(src_bucket, src_key, src_version)
     headers["x-amz-metadata-directive"] = "REPLACE"
+    if head.headers.get("ETag"):  # the source whose envelope was read: a write since then fails the copy (412)
+        headers.setdefault("x-amz-copy-source-if-match", head.headers["ETag"])
     resp = await ctx.backend.request("PUT", ctx.bucket, ctx.key, headers=headers)
     if resp.status != 200:
         return await backend_error(ctx, resp)
@@ -435,7 +437,13 @@ async def _reencrypt_parts(
             ctx.state.metrics.encrypted.inc(p)
             return e_tag
 
-    try:
-        return list(await asyncio.gather(*(one(i + 1, s, p) for i, (s, p) in enumerate(spans))))
+    etags = [""] * len(spans)
+
+    async def slot(i: int, start: int, p: int) -> None:
+        etags[i] = await one(i + 1, start, p)
+
+    try:  # the first failure cancels the other parts, and waits for them, before the DEK is zeroed
+        await ops.run_all([slot(i, s, p) for i, (s, p) in enumerate(spans)])
+        return etags
     finally:
         dek[:] = bytes(len(dek))
