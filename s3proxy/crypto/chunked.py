@@ -207,15 +207,18 @@ class _ChunkReader:
         return out
 
     def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
-        """``update`` into ``out`` (at least ``output_size(len(data))`` bytes); returns the
-        bytes written.  On ``ChunkAuthenticationFailed`` ``out`` may hold unverified bytes."""
-        mv = _view(data)
+        """``update`` into ``out`` (at least ``output_size(len(data))`` bytes, which is less than
+        ``len(data) + cs``: a buffer that large needs no exact size); returns the bytes written.
+        On ``ChunkAuthenticationFailed`` ``out`` may hold unverified bytes."""
+        mv = memoryview(data) if type(data) is bytes else _view(data)
         n = len(mv)
-        size = self.output_size(n)
-        if len(out) < size:
-            raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
         cs, p, k, fill = self._cs, self._p, self._k, self._fill
-        j = _chunk_count_within(self._rel(k) + fill + n, cs, p)
+        x = (k * cs if k * cs < p else p) + TAG_SIZE * k + fill + n
+        if x > self._rel_end:
+            raise TrailingData(f"{x - self._rel_end} bytes after the last chunk")
+        if len(out) < n + cs and len(out) < (size := self.output_size(n)):
+            raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
+        j = _chunk_count_within(x, cs, p)
         lo, hi = self._pt_start, self._pt_end
         pos = 0
         if j > k:
@@ -246,12 +249,15 @@ class _ChunkReader:
                     # decrypt_into may have left unverified bytes in ``out``: ``update``
                     # drops it with the exception, ``update_into``'s caller discards it.
                     raise ChunkAuthenticationFailed(f"chunk {k} failed authentication") from None
-        rest = n - pos
-        if rest:
-            self._buf[fill : fill + rest] = mv[pos:]
-        self._fill = fill + rest
-        self._k = k
-        return size
+            rest = n - pos
+            if rest:
+                self._buf[:rest] = mv[pos:]
+            self._fill = rest
+            self._k = k
+            return w
+        self._buf[fill : fill + n] = mv  # no chunk completed: all of it is buffered
+        self._fill = fill + n
+        return 0
 
     def _open(self, k: int, ct: memoryview, dst: memoryview, w: int) -> int:
         """Decrypt chunk ``k`` and copy the part of it inside ``[pt_start, pt_end)``."""
@@ -271,9 +277,12 @@ class _ChunkReader:
 
 class _ReaderStream(_Stream):
     """A decryptor whose chunks come from one ``_ChunkReader`` (``self._reader``, set by the
-    subclass's constructor): failures latch, ``finalize`` checks the span was complete."""
+    subclass's constructor with ``slack``, its chunk size): failures latch, ``finalize``
+    checks the span was complete.  ``update_into`` of ``n`` bytes writes at most
+    ``n + slack`` bytes: a buffer that large is always enough."""
 
     _reader: _ChunkReader
+    slack: int
 
     def update(self, data: Buffer) -> bytearray:
         self._guard()
@@ -293,7 +302,8 @@ class _ReaderStream(_Stream):
     def update_into(self, data: Buffer, out: bytearray | memoryview) -> int:
         """``update`` into ``out`` (at least ``output_size(len(data))`` bytes); returns the bytes
         written.  On a ``FormatError`` ``out`` may hold unverified bytes: discard them."""
-        self._guard()
+        if self._failure is not None or self._finalized:
+            self._guard()
         try:
             return self._reader.update_into(data, out)
         except FormatError as exc:

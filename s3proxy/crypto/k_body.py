@@ -215,6 +215,7 @@ class KPartDecryptor(_ReaderStream):
             span = ChunkSpan(0, K_CHUNKS - 1, K_HEADER_SIZE, hdr.part_size, 0, p)
         _check_span(span, K_HEADER_SIZE, cs, p, K_CHUNKS - 1)
         pt_start = min(span.first_chunk * cs, p) + span.skip
+        self.slack = cs
         self._reader = _ChunkReader(
             aead, base, cs, p, span.first_chunk, span.last_chunk, pt_start, pt_start + span.length
         )
@@ -271,6 +272,10 @@ class KObjectDecryptor(_Stream):
         self._header = bytearray()
         self._part: KPartDecryptor | None = None
         self._order = PartNumberSequence()
+        self.slack = 0
+        """``update_into`` of ``n`` bytes writes at most ``n + slack`` bytes (``slack``: the chunk
+        size of the part being read, whose last chunk may be partly in; 0 between parts): a
+        buffer that large is always enough, no exact size needed."""
 
     def output_size(self, n: int) -> int:
         """At most this many plaintext bytes come out of the next ``update`` of ``n`` ciphertext
@@ -292,10 +297,11 @@ class KObjectDecryptor(_Stream):
         """``update`` writing the plaintext into ``out`` (at least ``output_size(len(data))``
         bytes, else ``ValueError`` before anything is consumed); returns the bytes written.  On a
         ``FormatError`` ``out`` may hold unauthenticated bytes: the caller discards them."""
-        self._guard()
-        mv = _view(data)
-        if len(out) < self.output_size(len(mv)):
-            raise ValueError(f"output buffer of {len(out)} bytes, {self.output_size(len(mv))} needed")
+        if self._failure is not None or self._finalized:
+            self._guard()
+        mv = memoryview(data) if type(data) is bytes else _view(data)
+        if len(out) < len(mv) + self.slack and len(out) < (size := self.output_size(len(mv))):
+            raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
         try:
             with memoryview(out) as dst:
                 return self._update(mv, dst)
@@ -324,6 +330,7 @@ class KObjectDecryptor(_Stream):
             if self._left == 0:
                 part.finalize()
                 self._part = None
+                self.slack = 0
                 self._done += 1
                 if self._done == self._n_parts:
                     self._dek.clear()
@@ -336,6 +343,7 @@ class KObjectDecryptor(_Stream):
             raise ManifestMismatch(f"part {self._done + 1} differs from the object's manifest")
         part = KPartDecryptor(self._dek.value, self._object_id, header)
         self._part = part
+        self.slack = part.slack
         self._left = info.part_size - K_HEADER_SIZE
         return part
 

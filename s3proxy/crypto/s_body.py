@@ -8,7 +8,7 @@ Imports: ``cryptography``, ``crypto.errors``, ``crypto.sizes`` and ``crypto.chun
 from __future__ import annotations
 
 import hmac
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cryptography.cobblestone import Cobblestone256Decryptor, Cobblestone256Encryptor
 from cryptography.exceptions import InvalidTag
@@ -29,6 +29,7 @@ from s3proxy.crypto.chunked import (
 from s3proxy.crypto.errors import (
     ChunkAuthenticationFailed,
     CommitmentMismatch,
+    FormatError,
     TrailingData,
     Truncated,
 )
@@ -163,14 +164,24 @@ class SDecryptor(_Stream):
             s_plaintext_size(ciphertext_size)  # raises InvalidCiphertextSize
         self._lib = Cobblestone256Decryptor(dek, s_context(object_id))
         self._expected = ciphertext_size
+        self._limit = ciphertext_size if ciphertext_size is not None else 1 << 63
         self._header = bytearray()
+        self._body = False  # the header is in and its commitment checked
         self._seen = 0
-        self._buffered = 0  # ciphertext bytes of the current chunk inside the library
+
+    slack = CHUNK_SIZE
+    """``update_into`` of ``n`` bytes writes at most ``n + slack`` bytes (the library holds less
+    than one chunk): a buffer that large is always enough, no exact size needed."""
+
+    def _buffered(self, seen: int) -> int:
+        """Ciphertext bytes of the current chunk inside the library after ``seen`` body bytes
+        (it releases a chunk as soon as its 16400 bytes are in: a full chunk is never the last)."""
+        return max(0, seen - S_HEADER_SIZE) % S_FULL_CHUNK_CT
 
     def output_size(self, n: int) -> int:
         """Plaintext bytes the next ``update`` of ``n`` ciphertext bytes releases (exactly)."""
         body = max(0, n - (S_HEADER_SIZE - len(self._header)))
-        return (self._buffered + body) // S_FULL_CHUNK_CT * CHUNK_SIZE
+        return (self._buffered(self._seen) + body) // S_FULL_CHUNK_CT * CHUNK_SIZE
 
     def update(self, data: Buffer) -> bytearray:
         mv = _view(data)
@@ -185,32 +196,45 @@ class SDecryptor(_Stream):
         bytes, else ``ValueError`` before anything is consumed); returns how many bytes of
         ``out`` now hold authenticated plaintext.  On a ``FormatError`` ``out`` may hold
         unauthenticated bytes: the caller discards them."""
+        if not self._body:  # the header not in yet, or failed or finalized (``_fail``, ``finalize``)
+            return self._update_head(data, out)
+        mv = data if type(data) is bytes else _view(data)
+        seen = self._seen + len(mv)
+        if seen > self._limit:
+            self._fail(TrailingData(f"body longer than the declared {self._expected} bytes"))
+        try:
+            # checks ``out`` is large enough before it consumes anything (ValueError)
+            written: int = self._lib.update_into(mv, out)
+        except InvalidTag:
+            self._fail(ChunkAuthenticationFailed("S body chunk failed authentication"))
+        self._seen = seen
+        return written
+
+    def _fail(self, exc: FormatError) -> NoReturn:
+        self._body = False  # every later call goes through ``_update_head``'s ``_guard``
+        super()._fail(exc)
+
+    def _update_head(self, data: Buffer, out: bytearray | memoryview) -> int:
+        """``update_into`` until the header is in and its commitment checked."""
         self._guard()
         mv = _view(data)
         size = self.output_size(len(mv))
         if len(out) < size:
             raise ValueError(f"output buffer of {len(out)} bytes, {size} needed")
-        self._seen += len(mv)
-        if self._expected is not None and self._seen > self._expected:
+        if self._seen + len(mv) > self._limit:
+            self._seen += len(mv)
             self._fail(TrailingData(f"body longer than the declared {self._expected} bytes"))
+        take = min(S_HEADER_SIZE - len(self._header), len(mv))
+        self._header += mv[:take]
+        self._seen += take
         if len(self._header) < S_HEADER_SIZE:
-            take = min(S_HEADER_SIZE - len(self._header), len(mv))
-            self._header += mv[:take]
-            mv = mv[take:]
-            if len(self._header) < S_HEADER_SIZE:
-                return 0
-            try:
-                self._lib.update(self._header)  # checks the commitment, returns nothing
-            except InvalidTag:
-                self._fail(CommitmentMismatch("S body commitment does not match"))
-        # The library releases a chunk as soon as its 16400 bytes are in (a
-        # full-size chunk is never the final one), so the output size is exact.
-        self._buffered = (self._buffered + len(mv)) % S_FULL_CHUNK_CT
+            return 0
         try:
-            written: int = self._lib.update_into(mv, out)
+            self._lib.update(self._header)  # checks the commitment, returns nothing
         except InvalidTag:
-            self._fail(ChunkAuthenticationFailed("S body chunk failed authentication"))
-        return written  # == size: the size model above (``update`` relies on it)
+            self._fail(CommitmentMismatch("S body commitment does not match"))
+        self._body = True
+        return self.update_into(mv[take:], out) if take < len(mv) else 0
 
     def finalize(self) -> bytearray:
         self._guard()
@@ -218,13 +242,14 @@ class SDecryptor(_Stream):
             self._fail(Truncated(f"S body of {self._seen} bytes has no complete header"))
         if self._expected is not None and self._seen < self._expected:
             self._fail(Truncated(f"S body ended after {self._seen} of {self._expected} bytes"))
-        if self._buffered < TAG_SIZE:
+        if self._buffered(self._seen) < TAG_SIZE:
             self._fail(Truncated("S body ends without its final chunk"))
         try:
             tail = self._lib.finalize()
         except InvalidTag:
             self._fail(ChunkAuthenticationFailed("S body final chunk failed authentication"))
         self._finalized = True
+        self._body = False
         return bytearray(tail)
 
 
@@ -263,6 +288,7 @@ class SRangeDecryptor(_ReaderStream):
             raise CommitmentMismatch("S body commitment does not match")
 
         pt_start = span.first_chunk * CHUNK_SIZE + span.skip
+        self.slack = CHUNK_SIZE
         self._reader = _ChunkReader(
             aead, base, CHUNK_SIZE, p, span.first_chunk, span.last_chunk, pt_start, pt_start + span.length
         )

@@ -1,5 +1,6 @@
 """Async adapters over the pure format: drive a ``crypto.format`` decryptor through an async
-iterator of ciphertext pieces (``decrypt_stream``), the part-table planner of
+iterator of ciphertext pieces (``decrypt_stream``; ``decrypt_batches``: into reused buffers,
+handed on ``FLUSH_AT`` bytes at a time), the part-table planner of
 ``crypto.k_table`` through a ``fetch(start, end)`` callable (``k_part_table``), and ranged
 reads (``decrypt_s_range``, ``decrypt_k_range``) planned with ``crypto.sizes`` (``s_span``,
 ``k_object_spans``), fetching headers through ``fetch`` and chunks through ``stream``.
@@ -14,8 +15,8 @@ Imports: ``crypto.chunked``, ``crypto.k_body``, ``crypto.s_body``, ``crypto.k_ta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Protocol, cast
 
 from s3proxy.crypto.chunked import Buffer
 from s3proxy.crypto.k_body import KObjectDecryptor, KPartDecryptor, PartNumberSequence
@@ -23,8 +24,8 @@ from s3proxy.crypto.k_table import HeaderWalk, PartTable, check_part_count, conf
 from s3proxy.crypto.s_body import SRangeDecryptor
 from s3proxy.crypto.sizes import K_HEADER_SIZE, K_PART_OVERHEAD, k_object_spans, s_span
 
-__all__ = ["Decryptor", "Fetch", "KObjectDecryptor", "OutBuffers", "Stream", "decrypt_k_range", "decrypt_s_range", "decrypt_stream",
-           "k_part_table"]
+__all__ = ["FLUSH_AT", "Decryptor", "Fetch", "IntoDecryptor", "KObjectDecryptor", "OutBuffers", "Stream", "decrypt_batches",
+           "decrypt_k_range", "decrypt_s_range", "decrypt_stream", "k_part_table"]
 
 
 class Decryptor(Protocol):
@@ -32,9 +33,26 @@ class Decryptor(Protocol):
     def finalize(self) -> bytearray: ...
 
 
+class IntoDecryptor(Decryptor, Protocol):
+    """A decryptor that can write into a caller's buffer: ``update_into(data, out)`` of ``n``
+    bytes writes at most ``n + slack`` bytes (``slack`` read just before the call)."""
+
+    slack: int
+
+    def update_into(self, data: Buffer, out: memoryview, /) -> int: ...
+
+
+# ``decrypt_batches`` hands plaintext on once it holds this much (or the ciphertext ended):
+# a write of at least this size to the client instead of one per backend piece (issue 11).
+FLUSH_AT = 256 * 1024
+# A pooled buffer: ``FLUSH_AT`` of plaintext less a byte, then one more backend piece (uvloop
+# reads at most 256 KiB at a time) with a chunk of slack.
+BUFFER_SIZE = FLUSH_AT + 272 * 1024
+
+
 class OutBuffers:
-    """Buffers ``decrypt_stream`` decrypts into instead of a new ``bytearray`` per piece (issue
-    11: the allocation's zero-fill was ~6% of a large GET's CPU), for one response.
+    """Buffers ``decrypt_batches`` decrypts into instead of a new ``bytearray`` per piece
+    (issue 11: the allocation's zero-fill was ~6% of a large GET's CPU), for one response.
 
     The pieces handed out are ``memoryview`` slices of these buffers.  A buffer is written again
     only when no view of it is alive anywhere: a transport that has not sent a piece yet holds a
@@ -42,13 +60,14 @@ class OutBuffers:
     a consumer that keeps a piece.  CPython refuses to resize a ``bytearray`` while any view of it
     exists, which is the probe (``_unshared``): a piece is never overwritten before it is sent,
     whatever the event loop.  All buffers busy, or a piece larger than ``limit``: ``take``
-    returns None and the caller allocates as before.  ``size`` fits one 256 KiB socket read
-    (uvloop's) plus a chunk: at most ``count`` such buffers per response (~1 MiB).
+    returns None and the caller allocates as before.  ``size`` holds ``FLUSH_AT`` of plaintext
+    plus one more backend piece (uvloop reads at most 256 KiB) and a chunk: at most ``count``
+    such buffers per response.
     """
 
     __slots__ = ("_bufs", "_count", "_limit", "_size")
 
-    def __init__(self, count: int = 4, size: int = 272 * 1024, limit: int = 1 << 20) -> None:
+    def __init__(self, count: int = 4, size: int = BUFFER_SIZE, limit: int = 1 << 20) -> None:
         self._bufs: list[bytearray] = []
         self._count = count
         self._size = size
@@ -93,21 +112,18 @@ async def decrypt_stream(
     """Authenticated plaintext of ``ciphertext``, piece by piece, as ``dec`` releases it.
 
     A ``FormatError`` propagates at the failing piece; nothing unverified is yielded.
-    With ``buffers`` and a decryptor that has ``update_into`` (S bodies, ranges), pieces are
-    ``memoryview``s of those buffers (see ``OutBuffers``); else fresh ``bytearray``s.
+    With ``buffers`` and a decryptor that has ``update_into`` (every whole-body and range
+    decryptor), ``decrypt_batches``: ``memoryview``s of those buffers of at least ``FLUSH_AT``
+    bytes each; else a fresh ``bytearray`` per piece.
     A ``KObjectDecryptor`` abandoned mid-body (the consumer stops early) has its DEK copy
     zeroed when this generator closes.
     """
-    into: Callable[[Buffer, bytearray], int] | None = getattr(dec, "update_into", None)
-    size: Callable[[int], int] | None = getattr(dec, "output_size", None)
-    take = buffers.take if buffers is not None and into is not None and size is not None else None
+    if buffers is not None and hasattr(dec, "update_into") and hasattr(dec, "slack"):
+        async for out in decrypt_batches(cast(IntoDecryptor, dec), _one_by_one(ciphertext), buffers):
+            yield out
+        return
     try:
         async for piece in ciphertext:
-            if take is not None and size is not None and into is not None and (buf := take(size(len(piece)))) is not None:
-                n = into(piece, buf)
-                if n:
-                    yield memoryview(buf)[:n]
-                continue
             out = dec.update(piece)
             if out:
                 yield out
@@ -118,6 +134,71 @@ async def decrypt_stream(
         if isinstance(dec, KObjectDecryptor):
             dec.close()
 
+
+_NO_VIEW = memoryview(b"")
+
+
+async def _one_by_one(ciphertext: AsyncIterable[Buffer]) -> AsyncIterator[tuple[Buffer]]:
+    async for piece in ciphertext:
+        yield (piece,)
+
+
+async def decrypt_batches(
+    dec: IntoDecryptor, batches: AsyncIterable[Iterable[Buffer]], buffers: OutBuffers, flush_at: int = FLUSH_AT
+) -> AsyncIterator[bytearray | memoryview]:
+    """Authenticated plaintext of the ciphertext pieces of ``batches`` (a batch: the pieces
+    a backend read had ready), in pieces of at least ``flush_at`` bytes but the last.
+
+    Each ciphertext piece is decrypted straight into one of ``buffers`` (``update_into``), after
+    the plaintext already there; the buffer is handed on (a ``memoryview`` of it) once it holds
+    ``flush_at`` bytes, or when the next piece might not fit, or at the end: one write to the
+    client per ``flush_at`` bytes however small the backend's pieces.  Only authenticated bytes
+    are handed on, and a buffer is never written again while a view of it is alive (the rule
+    of ``OutBuffers``); the plaintext held is at most one buffer.  A ``FormatError``
+    propagates at the failing piece and what was held is dropped with it.  No free buffer, or
+    a piece too large for one: that piece comes out of ``update`` as its own ``bytearray``.
+    """
+    into, take = dec.update_into, buffers.take
+    view = _NO_VIEW  # of the buffer being filled: ``w`` bytes written, ``room`` left
+    w = room = 0
+    try:
+        async for batch in batches:
+            for piece in batch:
+                need = len(piece) + dec.slack
+                if need > room:  # send what is held (if any), then a free buffer
+                    if w:
+                        yield view[:w]
+                    view = _NO_VIEW  # our own view goes before the pool probes
+                    w = room = 0
+                    buf = take(need)
+                    if buf is None:
+                        out = dec.update(piece)
+                        if out:
+                            yield out
+                        continue
+                    view = memoryview(buf)
+                    room = len(buf)
+                n = into(piece, view[w:])
+                w += n
+                room -= n
+                if w >= flush_at:
+                    yield view[:w]
+                    view = _NO_VIEW
+                    w = room = 0
+        tail = dec.finalize()  # the last chunk (S): with what is held when it fits, one write
+        if tail and len(tail) <= room:
+            view[w : w + len(tail)] = tail
+            w += len(tail)
+            tail = bytearray()
+        if w:
+            yield view[:w]
+        view = _NO_VIEW
+        if tail:
+            yield tail
+    finally:
+        view = _NO_VIEW
+        if isinstance(dec, KObjectDecryptor):
+            dec.close()
 
 
 Fetch = Callable[[int, int], Awaitable[Buffer]]

@@ -5,14 +5,15 @@ Glue only: sizes, part tables and ``partNumber`` spans come from ``crypto.object
 decryption from ``crypto.format`` / ``crypto.streams`` (no layout arithmetic here); the envelope
 and the client-facing headers from ``http.objects``.  Bodies stream; nothing is read whole except
 part headers and small probes.  A large GET reads the backend's pieces without joining them and
-decrypts into a few reused buffers (``crypto.streams.OutBuffers``, issue 11).
+decrypts them into a few reused buffers, writing to the client once per 256 KiB of plaintext
+(``crypto.streams.decrypt_batches``, ``OutBuffers``, issue 11).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -38,7 +39,6 @@ from s3proxy.http.objects import (
     version_query,
 )
 from s3proxy.http.reads_body import (
-    body_pieces,
     checked_manifest,
     fetch_pieces,
     foreign_or_refuse,
@@ -125,8 +125,9 @@ async def get_object(ctx: Ctx) -> web.StreamResponse:
 
 async def _segments(
     ctx: Ctx, bucket: str, key: str, start: int, total: int, etag: str, q: list[tuple[str, str]]
-) -> AsyncIterator[bytes | bytearray | memoryview]:
-    """Ciphertext [start, total) fetched as concurrent ranged GETs, yielded in order."""
+) -> AsyncIterator[list[bytes]]:
+    """Ciphertext [start, total) fetched as concurrent ranged GETs, yielded in order, a segment
+    at a time (the pieces the backend sent it in)."""
     cfg = ctx.state.settings.backend
     seg, window = cfg.get_segment_size, cfg.get_parallelism
     if ctx.state.backend.spare_connections() < max(window * 2, cfg.max_connections // 4):
@@ -147,8 +148,7 @@ async def _segments(
         while pending:
             pieces = await pending.popleft()
             schedule()
-            for piece in pieces:
-                yield piece
+            yield pieces
     finally:
         for t in pending:
             t.cancel()
@@ -204,8 +204,8 @@ async def _get_full(ctx: Ctx) -> web.StreamResponse:
     out.content_length = size
     try:
         await out.prepare(ctx.request)
-        ciphertext = _chain(body_pieces(resp), ctx, bucket, key, first_len, ct_total, etag)
-        return await send_plaintext(ctx, out, streams.decrypt_stream(dec, ciphertext, streams.OutBuffers()), size)
+        ciphertext = _batches(resp, ctx, bucket, key, first_len, ct_total, etag)
+        return await send_plaintext(ctx, out, streams.decrypt_batches(dec, ciphertext, streams.OutBuffers()), size)
     finally:
         resp.release()
         sealed.dek[:] = bytes(len(sealed.dek))
@@ -235,11 +235,19 @@ async def _get_small(
     return out
 
 
-async def _chain(
-    first: AsyncIterator[bytes], ctx: Ctx, bucket: str, key: str, first_len: int, total: int, etag: str
-) -> AsyncIterator[bytes | bytearray | memoryview]:
-    async for chunk in first:
-        yield chunk
+async def _batches(
+    first: aiohttp.ClientResponse, ctx: Ctx, bucket: str, key: str, first_len: int, total: int, etag: str
+) -> AsyncIterator[Sequence[bytes]]:
+    """The stored ciphertext in batches of backend pieces (``streams.decrypt_batches``): the
+    first response's one by one as they arrive (``readchunk``: never joined), then the segments
+    after it whole, as fetched."""
+    read = first.content.readchunk
+    while True:
+        data, end_of_chunk = await read()
+        if data:
+            yield (data,)
+        elif not end_of_chunk:  # (b"", False): the end of the body
+            break
     if first_len < total:
-        async for seg in _segments(ctx, bucket, key, first_len, total, etag, version_query(ctx)):
-            yield seg
+        async for pieces in _segments(ctx, bucket, key, first_len, total, etag, version_query(ctx)):
+            yield pieces

@@ -137,26 +137,37 @@ async def fetch_pieces(
             if len(data) != end - start:
                 raise integrity_error()
             return [data]
+        want, declared = end - start, resp.content_length
+        if declared is not None and declared != want:  # aiohttp never reads past a Content-Length
+            raise integrity_error()
         pieces: list[bytes] = []
-        n, want = 0, end - start
-        async for piece in body_pieces(resp):
-            n += len(piece)
-            if n > want:
-                raise integrity_error()
-            pieces.append(piece)
+        read, keep, n = resp.content.readchunk, pieces.append, 0
+        while True:
+            data, end_of_chunk = await read()
+            if data:
+                keep(data)
+                if declared is None and (n := n + len(data)) > want:  # no length: bound it here
+                    raise integrity_error()
+            elif not end_of_chunk:
+                break
     finally:
         resp.release()
-    if n != want:
+    if sum(map(len, pieces)) != want:
         raise integrity_error()
     return pieces
 
 
 async def body_pieces(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     """The body as the pieces aiohttp received, never joined (``iter_any`` joins whatever is
-    buffered: a memmove of most of a large body, issue 11)."""
-    async for data, _ in resp.content.iter_chunks():
+    buffered: a memmove of most of a large body, issue 11); ``readchunk`` itself, without the
+    iterator around it."""
+    read = resp.content.readchunk
+    while True:
+        data, end_of_chunk = await read()
         if data:
             yield data
+        elif not end_of_chunk:  # (b"", False): the end of the body
+            return
 
 
 def is_range_response(resp: aiohttp.ClientResponse, start: int, end: int) -> bool:
