@@ -121,8 +121,8 @@ async def complete(store: Store, key: str, upload_id: str, etags: Sequence[str],
     if if_match and _gone(r):
         raise ObjectGone("the object was deleted meanwhile")
     new_etag = _xml_etag(r)
-    if new_etag is None:
-        raise OpError(f"CompleteMultipartUpload failed: {describe(r.status, r.body)}")
+    if new_etag is None:  # a 4xx (InvalidPart, EntityTooSmall...) is the backend's answer, not retryable
+        raise refused("CompleteMultipartUpload", r)
     return Copied(new_etag, r.headers.get("x-amz-version-id"))
 
 
@@ -158,7 +158,7 @@ async def _copy_part(store: Store, key: str, upload_id: str, i: int, source: Sou
         return part_etag
     if i == 1 and (r.status in (200, 501) or 400 <= r.status < 500):  # 200: stored an empty part (rclone)
         raise CopyUnsupported(f"the backend has no working UploadPartCopy: {describe(r.status, r.body)}")
-    raise OpError(f"server-side copy of part {i} failed: {describe(r.status, r.body)}")
+    raise refused(f"server-side copy of part {i}", r)  # a 4xx keeps its code (AccessDenied...), else OpError
 
 
 async def copy_parts(

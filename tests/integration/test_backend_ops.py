@@ -215,6 +215,8 @@ def test_copy_parts_signals_a_refused_first_part_and_aborts(backend: Any, raw: A
             with pytest.raises(ops.OpError) as e:
                 run(backend, bucket, lambda s: copy(s, [table[0], (len(body) - 10, 20)]))
             assert not isinstance(e.value, copies.CopyUnsupported)
+            # the backend's 4xx, kept with its code (the proxy answers it, not a retryable 503)
+            assert isinstance(e.value, ops.Refused) and 400 <= e.value.status < 500 and e.value.code
         else:
             with pytest.raises(copies.CopyUnsupported):
                 run(backend, bucket, lambda s: copy(s, table))
