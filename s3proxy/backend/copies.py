@@ -151,7 +151,9 @@ async def _copy_part(store: Store, key: str, upload_id: str, i: int, source: Sou
     )
     if r.status == 412:
         raise ObjectChanged("the object changed meanwhile (ETag differs)")
-    if _gone(r):
+    if _gone(r) and (i > 1 or _code(r)):
+        # A bare 404 (no S3 error code) to the first part copy is a backend that does not route
+        # UploadPartCopy (the fallback below), not a deleted source: a deleted source is NoSuchKey.
         raise ObjectGone("the object was deleted meanwhile")
     part_etag = _xml_etag(r)
     if part_etag is not None:

@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import re
 from urllib.parse import unquote
-from xml.sax.saxutils import unescape
+from xml.sax.saxutils import escape, unescape
 
 import aiohttp
 from aiohttp import web
@@ -25,8 +25,11 @@ from multidict import CIMultiDict
 
 from s3proxy.aws.errors import S3Error
 from s3proxy.crypto import objectinfo
+from s3proxy.http import objects, reads_body
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, response_headers
 from s3proxy.http.memo import PAGE_CACHE_BYTES, PAGE_CACHE_MIN, PARTS_RE, EtagMemo, etag_memo
+from s3proxy.http.router import Route
+from s3proxy.http.sidecars import hide_reserved
 
 MAX_LISTING = 64 * 1024 * 1024
 _ENTRY = re.compile(rb"<(Contents|Version)>(.*?)</\1>", re.S)
@@ -142,8 +145,6 @@ def rewrite_parts(xml: bytes, client_upload_id: str | None = None) -> bytes:
 
     out = re.sub(rb"<Part>(.*?)</Part>", part, xml, flags=re.S)
     if client_upload_id is not None:
-        from xml.sax.saxutils import escape
-
         out = re.sub(rb"<UploadId>[^<]*</UploadId>", b"<UploadId>" + escape(client_upload_id).encode() + b"</UploadId>", out)
     return out
 
@@ -194,8 +195,6 @@ def _next_page(query: list[tuple[str, str]], raw: bytes, url_keys: bool) -> list
 
 
 async def list_objects(ctx: Ctx) -> web.StreamResponse:
-    from s3proxy.http.sidecars import hide_reserved
-
     url_keys = ctx.route.q("encoding-type") == "url"
     query = list(ctx.route.query)
     for _ in range(SKIP_PAGES):
@@ -416,9 +415,6 @@ def _cache_key(bucket: str, e: _Entry, url_keys: bool) -> tuple[str, str, str, i
 
 async def _head_size(ctx: Ctx, memo: EtagMemo, ck: tuple[str, str, str, int], vid: str | None) -> int | None:
     """Plaintext size of one listed object from its envelope (None: leave the listed size)."""
-    from s3proxy.http import objects, reads_body
-    from s3proxy.http.router import Route
-
     bucket, key, etag, size = ck
     vq = [("versionId", vid)] if vid else []
     try:

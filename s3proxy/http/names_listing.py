@@ -31,6 +31,7 @@ from s3proxy.aws.numbers import parse_uint
 from s3proxy.backend.names_keys import RESERVED, key_too_long, mappers_of
 from s3proxy.crypto import names
 from s3proxy.http.ctx import Ctx, read_at_most, response_headers
+from s3proxy.http.listing import resolve_listing
 from s3proxy.observability import get_logger
 
 log = get_logger("s3proxy.names")
@@ -246,8 +247,6 @@ async def send_page(
 ) -> web.StreamResponse:
     """The common tail of a listing answer (ListBucketResult or ListVersionsResult): the paging
     elements after ``head``, then the page's entries and common prefixes, sizes resolved."""
-    from s3proxy.http.listing import resolve_listing
-
     head.append(el("MaxKeys", b"%d" % max_keys))
     if delimiter:
         head.append(el("Delimiter", out_text(delimiter, url)))

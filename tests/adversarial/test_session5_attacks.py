@@ -489,6 +489,30 @@ def test_reencrypt_fallback_failure_leaves_nothing_running(gproxy: Proxy, gate: 
     assert _integrity_failures(gproxy) == before, "a failed copy counted as tampering"
 
 
+def test_bare_404_to_the_first_part_copy_falls_back_not_gone(gproxy: Proxy, gate: Gate, store: Any) -> None:
+    """A store that answers UploadPartCopy with a bare 404 (no S3 error body: the request is not
+    routed) has no working UploadPartCopy: the copy re-encrypts through the proxy and succeeds; it
+    is not taken for a deleted source.  A 404 NoSuchKey there still is one (the next test file's
+    ``test_copy_parts_object_gone``)."""
+    victim = gproxy.client()
+    b = _fresh(victim)
+    parts = [os.urandom(16 * KiB) for _ in range(2)] + [b"end"]
+    _multipart(victim, b, "src", parts)
+
+    async def bare_404(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "PUT" and "partNumber=" in request.query_string and "x-amz-copy-source" in request.headers:
+            return web.Response(status=404)
+        return None
+
+    gate.faults.append(bare_404)
+    try:
+        victim.copy_object(Bucket=b, Key="dst", CopySource={"Bucket": b, "Key": "src"})
+    finally:
+        gate.faults.clear()
+    assert victim.get_object(Bucket=b, Key="dst")["Body"].read() == b"".join(parts)
+    assert _no_uploads(store, b) == []
+
+
 # ------------------------------------------------------------------ 3. caches vs a storage-side writer
 
 
