@@ -15,6 +15,7 @@ Imports: ``aws``, ``backend.client`` and ``backend.ops``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -141,6 +142,14 @@ async def fill_upload(
         raise
 
 
+async def _source_state(store: Store, source: Source) -> int:
+    """The status of a HEAD of the copy's source, pinned to its ETag (200: still there, unchanged)."""
+    r = await call(dataclasses.replace(store, bucket=source.bucket), "HEAD", source.key,
+                   query=[("versionId", source.version_id)] if source.version_id else (),
+                   headers={"If-Match": source.etag})
+    return r.status
+
+
 async def _copy_part(store: Store, key: str, upload_id: str, i: int, source: Source, span: tuple[int, int]) -> str:
     off, length = span
     r = await call(
@@ -151,9 +160,11 @@ async def _copy_part(store: Store, key: str, upload_id: str, i: int, source: Sou
     )
     if r.status == 412:
         raise ObjectChanged("the object changed meanwhile (ETag differs)")
-    if _gone(r) and (i > 1 or _code(r)):
-        # A bare 404 (no S3 error code) to the first part copy is a backend that does not route
-        # UploadPartCopy (the fallback below), not a deleted source: a deleted source is NoSuchKey.
+    if _gone(r) and i == 1 and not _code(r) and await _source_state(store, source) == 200:
+        # A bare 404 (no S3 error document) while the source is still there: a backend that does
+        # not route UploadPartCopy (moto answers a deleted source with a bare 404 too: hence the HEAD).
+        raise CopyUnsupported("the backend has no working UploadPartCopy: HTTP 404 with the source present")
+    if _gone(r):
         raise ObjectGone("the object was deleted meanwhile")
     part_etag = _xml_etag(r)
     if part_etag is not None:
