@@ -160,10 +160,14 @@ async def _copy_part(store: Store, key: str, upload_id: str, i: int, source: Sou
     )
     if r.status == 412:
         raise ObjectChanged("the object changed meanwhile (ETag differs)")
-    if _gone(r) and i == 1 and not _code(r) and await _source_state(store, source) == 200:
-        # A bare 404 (no S3 error document) while the source is still there: a backend that does
-        # not route UploadPartCopy (moto answers a deleted source with a bare 404 too: hence the HEAD).
-        raise CopyUnsupported("the backend has no working UploadPartCopy: HTTP 404 with the source present")
+    if _gone(r) and i == 1 and not _code(r):
+        # A bare 404 (no S3 error document): a backend that does not route UploadPartCopy, or a
+        # deleted source (moto answers one so): a HEAD of the pinned source tells which.
+        state = await _source_state(store, source)
+        if state == 200:
+            raise CopyUnsupported("the backend has no working UploadPartCopy: HTTP 404 with the source present")
+        if state == 412:
+            raise ObjectChanged("the object changed meanwhile (ETag differs)")
     if _gone(r):
         raise ObjectGone("the object was deleted meanwhile")
     part_etag = _xml_etag(r)

@@ -513,29 +513,34 @@ def test_bare_404_to_the_first_part_copy_falls_back_not_gone(gproxy: Proxy, gate
     assert _no_uploads(store, b) == []
 
 
-def test_bare_404_to_the_first_part_copy_with_the_source_deleted_is_404(gproxy: Proxy, gate: Gate, store: Any) -> None:
-    """The same bare 404, but the source was really deleted (moto answers a deleted source so):
-    the proxy's HEAD of the source finds it gone; the client gets 404 NoSuchKey, no fallback
-    reads, no upload left, no destination."""
+@pytest.mark.parametrize("race", ["delete", "overwrite"])
+def test_bare_404_to_the_first_part_copy_with_the_source_gone_or_changed(gproxy: Proxy, gate: Gate, store: Any,
+                                                                          race: str) -> None:
+    """The same bare 404, but the source was really deleted (moto answers a deleted source so) or
+    overwritten: the proxy's pinned HEAD of the source tells; the client gets 404 NoSuchKey or 412,
+    no fallback, no upload left, no destination."""
     victim = gproxy.client()
     b = _fresh(victim)
     parts = [os.urandom(16 * KiB) for _ in range(2)] + [b"end"]
     _multipart(victim, b, "src", parts)
 
-    async def delete_then_bare_404(request: web.Request) -> web.StreamResponse | None:
+    async def race_then_bare_404(request: web.Request) -> web.StreamResponse | None:
         if request.method == "PUT" and "partNumber=" in request.query_string and "x-amz-copy-source" in request.headers:
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, lambda: store.delete_object(Bucket=b, Key="src"))
+            if race == "delete":
+                await loop.run_in_executor(None, lambda: store.delete_object(Bucket=b, Key="src"))
+            else:
+                await loop.run_in_executor(None, lambda: store.put_object(Bucket=b, Key="src", Body=b"attacker"))
             return web.Response(status=404)
         return None
 
-    gate.faults.append(delete_then_bare_404)
+    gate.faults.append(race_then_bare_404)
     try:
         with pytest.raises(ClientError) as ei:
             victim.copy_object(Bucket=b, Key="dst", CopySource={"Bucket": b, "Key": "src"})
     finally:
         gate.faults.clear()
-    assert _code(ei) == (404, "NoSuchKey")
+    assert _code(ei) == ((404, "NoSuchKey") if race == "delete" else (412, "PreconditionFailed"))
     assert _no_uploads(store, b) == []
     with pytest.raises(ClientError):
         store.head_object(Bucket=b, Key="dst")
