@@ -17,8 +17,9 @@ Primitives, all pure and sans-IO:
   through an async iterator of ciphertext pieces.
 - ``envelope``: the metadata. ``Envelope`` (version, layout, object id,
   wrapped DEK, encryption context, placement-binding MAC), its encoding as
-  ``x-amz-meta-s3proxy-*`` metadata and as the upload token carried in
-  multipart UploadIds.
+  ``x-amz-meta-s3proxy-*`` metadata.
+- ``upload_token``: the envelope as the compact token carried in multipart UploadIds
+  (tagged under a DEK-derived key, bound to bucket, key and backend upload id).
 - ``seal``: the sealed block of an envelope v2. ``SealContents`` (user metadata, sealed
   headers, tags, checksum, client-facing ETag, manifest promise; strict canonical JSON) and
   ``seal_block`` / ``open_block`` (AES-GCM under a key derived from the DEK, the placement

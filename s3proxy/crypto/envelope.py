@@ -4,8 +4,8 @@ An ``Envelope`` holds the format version, the layout, the ``object_id``, the wra
 encryption context the wrap used, the placement-binding MAC and (version 2) the sealed block
 (``crypto.seal``: user metadata, sealed headers and tags, checksum, client-facing ETag), encrypted
 under a key derived from the DEK with the binding as associated data. It is encoded as user
-metadata under the reserved prefix ``s3proxy-`` and as a compact upload token appended to multipart
-UploadIds. Pure: no I/O, no asyncio.
+metadata under the reserved prefix ``s3proxy-``; ``crypto.upload_token`` encodes it as the compact upload
+token appended to multipart UploadIds. Pure: no I/O, no asyncio.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Final, Literal, NamedTuple, cast
+from typing import Final, Literal, cast
 from urllib.parse import quote, unquote
 
 from cryptography.hazmat.primitives import hashes
@@ -29,7 +29,6 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from s3proxy.crypto.errors import (
     BindingMismatch,
-    InvalidUploadToken,
     MalformedMetadata,
     MetadataTooLarge,
     UnsupportedFormatVersion,
@@ -40,9 +39,8 @@ from s3proxy.keys.base import WrappedKey
 
 __all__ = [
     "ENVELOPE_KEYS", "METADATA_BUDGET", "RESERVED_PREFIX", "SEALED_VERSION", "USER_METADATA_LIMIT",
-    "EncryptionContext", "Envelope", "Layout", "SealContents", "UploadToken", "decode_metadata",
-    "decode_upload_token", "encode_metadata", "encode_upload_token", "is_reserved", "make_envelope",
-    "new_object_id", "open_seal", "rebind", "verify_binding", "verify_upload_token",
+    "EncryptionContext", "Envelope", "Layout", "SealContents", "b64u", "decode_metadata", "encode_metadata",
+    "is_reserved", "lp", "make_envelope", "new_object_id", "open_seal", "rebind", "unb64u", "verify_binding",
 ]
 
 Layout = Literal["S", "K"]
@@ -63,10 +61,6 @@ SEALED_VERSION: Final = 2  # envelope version with the sealed block (FORMAT.md 8
 
 BINDING_LABEL: Final = b"s3proxy.dev/binding@v1"
 BINDING_SIZE: Final = 32
-TOKEN_VERSION: Final = 2  # 1: untagged (refused since 2026-12)
-TOKEN_LABEL: Final = b"s3proxy.dev/upload-token@v2"
-TOKEN_TAG_SIZE: Final = 32
-MAX_TOKEN_CHARS: Final = 8192
 
 _PCT_SAFE: Final = ":/@+="  # plus letters, digits and "_.-~", which quote() never escapes
 _B64U_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
@@ -92,18 +86,18 @@ def is_reserved(name: str) -> bool:
 # -- encodings -------------------------------------------------------------------
 
 
-def _b64u(data: bytes) -> str:
+def b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64u(text: str, what: str, error: type[Exception] = MalformedMetadata) -> bytes:
+def unb64u(text: str, what: str, error: type[Exception] = MalformedMetadata) -> bytes:
     if not _B64U_RE.fullmatch(text) or len(text) % 4 == 1:
         raise error(f"{what} is not base64url")
     try:
         data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raise error(f"{what} is not base64url") from None
-    if _b64u(data) != text:  # non-zero trailing bits: not canonical
+    if b64u(data) != text:  # non-zero trailing bits: not canonical
         raise error(f"{what} is not canonical base64url")
     return data
 
@@ -206,7 +200,7 @@ class Envelope:
     seal: bytes = b""
 
 
-def _lp(data: bytes) -> bytes:
+def lp(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
@@ -222,13 +216,13 @@ def _binding_mac(
             b"\x00",
             struct.pack(">BB", version, ord(layout)),
             object_id,
-            _lp(bucket.encode()),
-            _lp(key.encode()),
-            _lp(wrapped.backend.encode()),
-            _lp(wrapped.key_id.encode()),
-            _lp(wrapped.algorithm.encode()),
-            _lp(bytes(wrapped.blob)),
-            _lp(context.canonical_json()),
+            lp(bucket.encode()),
+            lp(key.encode()),
+            lp(wrapped.backend.encode()),
+            lp(wrapped.key_id.encode()),
+            lp(wrapped.algorithm.encode()),
+            lp(bytes(wrapped.blob)),
+            lp(context.canonical_json()),
             struct.pack(">I", seal_size) if version >= SEALED_VERSION else b"",
         )
     )
@@ -307,7 +301,7 @@ def rebind(
 
 
 def _encode_wrapped(w: WrappedKey) -> str:
-    return ";".join((_pct(w.backend), _pct(w.key_id), _pct(w.algorithm), _b64u(bytes(w.blob))))
+    return ";".join((_pct(w.backend), _pct(w.key_id), _pct(w.algorithm), b64u(bytes(w.blob))))
 
 
 def _decode_wrapped(text: str) -> WrappedKey:
@@ -321,7 +315,7 @@ def _decode_wrapped(text: str) -> WrappedKey:
         backend=backend,
         key_id=_unpct(fields[1], "key id"),
         algorithm=_unpct(fields[2], "wrap algorithm"),
-        blob=_unb64u(fields[3], "wrapped key"),
+        blob=unb64u(fields[3], "wrapped key"),
     )
 
 
@@ -331,15 +325,15 @@ def encode_metadata(env: Envelope) -> dict[str, str]:
     meta = {
         META_VERSION: str(env.version),
         META_LAYOUT: env.layout,
-        META_OBJECT_ID: _b64u(env.object_id),
+        META_OBJECT_ID: b64u(env.object_id),
         META_WRAPPED: _encode_wrapped(env.wrapped),
-        META_CONTEXT: _b64u(env.context.canonical_json()),
-        META_BINDING: _b64u(env.binding),
+        META_CONTEXT: b64u(env.context.canonical_json()),
+        META_BINDING: b64u(env.binding),
     }
     budget = METADATA_BUDGET
     if env.version >= SEALED_VERSION:
         meta[META_VERSION] = str(SEALED_VERSION)
-        meta[META_SEAL] = _b64u(env.seal)
+        meta[META_SEAL] = b64u(env.seal)
         budget = USER_METADATA_LIMIT
     size = len("".join(meta)) + len("".join(meta.values()))  # all ASCII
     if size > budget:
@@ -383,118 +377,17 @@ def _decode(ours: dict[str, str]) -> Envelope:
     layout = ours[META_LAYOUT]
     if layout not in _LAYOUTS:
         raise MalformedMetadata(f"unknown layout {layout[:16]!r}")
-    object_id = _unb64u(ours[META_OBJECT_ID], "object id")
+    object_id = unb64u(ours[META_OBJECT_ID], "object id")
     if len(object_id) != OBJECT_ID_SIZE:
         raise MalformedMetadata("object id must be 16 bytes")
-    binding = _unb64u(ours[META_BINDING], "binding")
+    binding = unb64u(ours[META_BINDING], "binding")
     if len(binding) != BINDING_SIZE:
         raise MalformedMetadata("binding must be 32 bytes")
     wrapped = _decode_wrapped(ours[META_WRAPPED])
-    context = EncryptionContext.from_canonical_json(_unb64u(ours[META_CONTEXT], "encryption context"))
+    context = EncryptionContext.from_canonical_json(unb64u(ours[META_CONTEXT], "encryption context"))
     seal = b""
     if version == str(SEALED_VERSION):
-        seal = _unb64u(ours[META_SEAL], "sealed block")
+        seal = unb64u(ours[META_SEAL], "sealed block")
         if len(seal) < SEAL_OVERHEAD:
             raise MalformedMetadata("sealed block too short")
     return Envelope(int(version), cast(Layout, layout), object_id, wrapped, context, binding, seal)
-
-
-# -- upload token ------------------------------------------------------------------
-
-
-class UploadToken(NamedTuple):
-    """What UploadPart needs to encrypt a part statelessly, and the tag that proves s3proxy made it.
-
-    ``signed`` is the token's bytes before the tag; ``verify_upload_token`` checks ``tag`` over it
-    and the upload's bucket, key and backend upload id. Nothing decoded is trusted before that.
-    """
-
-    object_id: bytes
-    wrapped: WrappedKey
-    context: EncryptionContext
-    tag: bytes = b""
-    signed: bytes = b""
-
-
-# (length prefix, field) in token order
-_TOKEN_FIELDS: Final = (
-    (">B", "backend"),
-    (">H", "key id"),
-    (">B", "algorithm"),
-    (">H", "wrapped key"),
-    (">H", "context"),
-)
-
-
-def _token_tag(dek: Buffer, signed: bytes, bucket: str, key: str, backend_upload_id: str) -> bytes:
-    _check_dek(dek)
-    mac_key = HKDFExpand(hashes.SHA512(), 32, TOKEN_LABEL).derive(dek)
-    msg = b"".join(
-        (TOKEN_LABEL, b"\x00", _lp(bucket.encode()), _lp(key.encode()), _lp(backend_upload_id.encode()), signed)
-    )
-    return hmac.digest(mac_key, msg, sha256)  # one-shot, in C
-
-
-def encode_upload_token(env: Envelope, dek: Buffer, bucket: str, key: str, backend_upload_id: str) -> str:
-    """A compact base64url token (``[A-Za-z0-9_-]``): object id, wrapped DEK, context and a
-    tag under a key derived from the DEK that binds them to bucket, key and backend upload id."""
-    w = env.wrapped
-    values = (
-        w.backend.encode(),
-        w.key_id.encode(),
-        w.algorithm.encode(),
-        bytes(w.blob),
-        env.context.canonical_json(),
-    )
-    parts = [struct.pack(">B", TOKEN_VERSION), env.object_id]
-    for (fmt, what), value in zip(_TOKEN_FIELDS, values, strict=True):
-        if len(value) >= 1 << (8 * struct.calcsize(fmt)):
-            raise ValueError(f"{what} too long for an upload token")
-        parts.append(struct.pack(fmt, len(value)) + value)
-    signed = b"".join(parts)
-    return _b64u(signed + _token_tag(dek, signed, bucket, key, backend_upload_id))
-
-
-def decode_upload_token(token: str) -> UploadToken:
-    """Parse a token (``InvalidUploadToken``, ``UnsupportedFormatVersion`` for v1 tokens,
-    which carry no tag). The result is unauthenticated until ``verify_upload_token``."""
-    if len(token) > MAX_TOKEN_CHARS:
-        raise InvalidUploadToken("upload token too long")
-    data = _unb64u(token, "upload token", InvalidUploadToken)
-    if not data:
-        raise InvalidUploadToken("empty upload token")
-    if data[0] != TOKEN_VERSION:
-        raise UnsupportedFormatVersion(f"upload token version {data[0]}")
-    if len(data) < 1 + OBJECT_ID_SIZE + TOKEN_TAG_SIZE:
-        raise InvalidUploadToken("upload token too short")
-    signed, tag = data[:-TOKEN_TAG_SIZE], data[-TOKEN_TAG_SIZE:]
-    off = 1
-    object_id = signed[off : off + OBJECT_ID_SIZE]
-    off += OBJECT_ID_SIZE
-    values: list[bytes] = []
-    for fmt, what in _TOKEN_FIELDS:
-        size = struct.calcsize(fmt)
-        if off + size > len(signed):
-            raise InvalidUploadToken(f"upload token ends before {what}")
-        (n,) = struct.unpack_from(fmt, signed, off)
-        off += size
-        if off + n > len(signed):
-            raise InvalidUploadToken(f"upload token ends inside {what}")
-        values.append(signed[off : off + n])
-        off += n
-    if off != len(signed):
-        raise InvalidUploadToken("trailing bytes in upload token")
-    try:
-        backend, key_id, algorithm = (v.decode("utf-8") for v in values[:3])
-    except UnicodeDecodeError:
-        raise InvalidUploadToken("upload token text is not UTF-8") from None
-    wrapped = WrappedKey(backend=backend, key_id=key_id, algorithm=algorithm, blob=values[3])
-    context = EncryptionContext.from_canonical_json(values[4], InvalidUploadToken)
-    return UploadToken(object_id, wrapped, context, tag, signed)
-
-
-def verify_upload_token(token: UploadToken, dek: Buffer, bucket: str, key: str, backend_upload_id: str) -> None:
-    """Raise ``InvalidUploadToken`` unless s3proxy made ``token`` for this upload (constant time)."""
-    expected = _token_tag(dek, token.signed, bucket, key, backend_upload_id)
-    if not token.tag or not hmac.compare_digest(expected, token.tag):
-        raise InvalidUploadToken("upload token is not valid for this bucket, key and upload")

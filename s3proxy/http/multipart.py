@@ -25,17 +25,11 @@ from s3proxy.aws.checksums import Checker
 from s3proxy.aws.errors import S3Error
 from s3proxy.aws.numbers import parse_uint
 from s3proxy.crypto import objectinfo
-from s3proxy.crypto.envelope import (
-    UploadToken,
-    decode_upload_token,
-    encode_upload_token,
-    make_envelope,
-    new_object_id,
-    verify_upload_token,
-)
+from s3proxy.crypto.envelope import make_envelope, new_object_id
 from s3proxy.crypto.errors import FormatError, InvalidUploadToken, UnsupportedFormatVersion
 from s3proxy.crypto.format import KPartEncryptor
 from s3proxy.crypto.manifest import upload_record_mac
+from s3proxy.crypto.upload_token import UploadToken, decode_upload_token, encode_upload_token, verify_upload_token
 from s3proxy.http import manifests, sidecars, sse
 from s3proxy.http.auth import RequestBody
 from s3proxy.http.ctx import Ctx, backend_error, forward_headers, read_at_most, relay, response_headers, send_streamed

@@ -1,5 +1,5 @@
-"""Envelope metadata and upload tokens (s3proxy/crypto/envelope.py) decoded from anything the backend
-or a client can send: an envelope / token, None, or a FormatError, never another exception."""
+"""Envelope metadata and upload tokens (crypto/envelope.py, crypto/upload_token.py) decoded from anything
+the backend or a client can send: an envelope / token, None, or a FormatError, never another exception."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from s3proxy.crypto import envelope
+from s3proxy.crypto import upload_token
 from s3proxy.crypto.envelope import (
     ENVELOPE_KEYS,
     Envelope,
     decode_metadata,
-    decode_upload_token,
     encode_metadata,
     make_envelope,
 )
 from s3proxy.crypto.errors import FormatError
+from s3proxy.crypto.upload_token import decode_upload_token
 from s3proxy.keys.base import WrappedKey
 from tests.fuzz.helpers import FUZZ, no_hang, tricky_text
 
@@ -102,10 +102,10 @@ def test_metadata_round_trip(env: Envelope) -> None:
 
 
 def _encode_token(env: Envelope) -> str:
-    params = inspect.signature(envelope.encode_upload_token).parameters
+    params = inspect.signature(upload_token.encode_upload_token).parameters
     if len(params) == 1:  # before upload tokens carried a tag
-        return envelope.encode_upload_token(env)  # type: ignore[call-arg]
-    return envelope.encode_upload_token(env, DEK, "b", "k", "upload-1")  # type: ignore[call-arg]
+        return upload_token.encode_upload_token(env)  # type: ignore[call-arg]
+    return upload_token.encode_upload_token(env, DEK, "b", "k", "upload-1")  # type: ignore[call-arg]
 
 
 def mutate_text(text: str, d: st.DataObject) -> str:
@@ -152,8 +152,8 @@ def _token_with_context(ctx: bytes) -> str:
     fmts = [">B", ">H", ">B", ">H", ">H"]
     import struct
 
-    body = bytes([envelope.TOKEN_VERSION]) + OID + b"".join(struct.pack(f, len(v)) + v for f, v in zip(fmts, values, strict=True))
-    return b64u(body + bytes(getattr(envelope, "TOKEN_TAG_SIZE", 0)))
+    body = bytes([upload_token.TOKEN_VERSION]) + OID + b"".join(struct.pack(f, len(v)) + v for f, v in zip(fmts, values, strict=True))
+    return b64u(body + bytes(upload_token.TOKEN_TAG_SIZE))
 
 
 def _meta_with_context(ctx: bytes) -> dict[str, str]:

@@ -21,16 +21,13 @@ from s3proxy.crypto.envelope import (
     Envelope,
     SealContents,
     decode_metadata,
-    decode_upload_token,
     encode_metadata,
-    encode_upload_token,
     is_reserved,
     make_envelope,
     new_object_id,
     open_seal,
     rebind,
     verify_binding,
-    verify_upload_token,
 )
 from s3proxy.crypto.envelope import V1_KEYS as ENVELOPE_KEYS
 from s3proxy.crypto.errors import (
@@ -41,6 +38,7 @@ from s3proxy.crypto.errors import (
     SealAuthenticationFailed,
     UnsupportedFormatVersion,
 )
+from s3proxy.crypto.upload_token import decode_upload_token, encode_upload_token, verify_upload_token
 from s3proxy.keys.base import WrappedKey
 
 DEK = bytes(range(32))

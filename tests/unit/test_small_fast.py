@@ -113,7 +113,7 @@ def test_decoded_cache_is_bounded() -> None:
     base = encode_metadata(_env())
     for i in range(envmod.DECODED_MAX + 50):
         meta = dict(base)
-        meta["s3proxy-id"] = envmod._b64u(i.to_bytes(16, "big"))
+        meta["s3proxy-id"] = envmod.b64u(i.to_bytes(16, "big"))
         decode_metadata(meta)
     assert len(envmod._DECODED) == envmod.DECODED_MAX
 

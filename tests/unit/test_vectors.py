@@ -29,10 +29,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from s3proxy.crypto import format as fmt
-from s3proxy.crypto.envelope import decode_metadata, decode_upload_token, verify_binding, verify_upload_token
+from s3proxy.crypto.envelope import decode_metadata, verify_binding
 from s3proxy.crypto.errors import FormatError, UnsupportedFormatVersion
 from s3proxy.crypto.format import KPartDecryptor, SDecryptor, SRangeDecryptor
 from s3proxy.crypto.sizes import CHUNK_SIZE, S_FULL_CHUNK_CT, S_HEADER_SIZE, s_plaintext_size, s_span
+from s3proxy.crypto.upload_token import decode_upload_token, verify_upload_token
 from s3proxy.keys.base import WrappedKey
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"

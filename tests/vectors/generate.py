@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from s3proxy.crypto import envelope, format as fmt, sizes  # noqa: E402
+from s3proxy.crypto import envelope, format as fmt, sizes, upload_token  # noqa: E402
 from s3proxy.keys.base import WrappedKey  # noqa: E402
 
 OUT = Path(__file__).with_name("s3proxy_format_v1.json")
@@ -171,7 +171,7 @@ def envelope_vectors() -> list[dict[str, Any]]:
                 "binding": env.binding.hex(),
                 "metadata": envelope.encode_metadata(env),
                 "backend_upload_id": f"vector-upload-{i}~2",
-                "upload_token": envelope.encode_upload_token(env, DEK, case["bucket"], case["key"], f"vector-upload-{i}~2"),
+                "upload_token": upload_token.encode_upload_token(env, DEK, case["bucket"], case["key"], f"vector-upload-{i}~2"),
                 # format-v1 tokens (untagged), kept so that tests prove they are refused
                 "upload_token_v1": V1_TOKENS[i],
             }
