@@ -70,8 +70,8 @@ def test_an_edited_envelope_field_is_decoded_and_refused(proxy, s3, raw, bucket)
     assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"hello"
     meta = raw.head_object(Bucket=bucket, Key="k")["Metadata"]
     ct = _stored(raw, bucket, "k")
-    ctx = envmod._unb64u(meta["s3proxy-ctx"], "ctx")
-    evil = envmod._b64u(ctx.replace(b"}", b',"x":"y"}'))
+    ctx = envmod.unb64u(meta["s3proxy-ctx"], "ctx")
+    evil = envmod.b64u(ctx.replace(b"}", b',"x":"y"}'))
     raw.put_object(Bucket=bucket, Key="k", Body=ct, Metadata={**meta, "s3proxy-ctx": evil})
     for _ in range(2):
         reply = get_via_proxy(proxy, bucket, "k")
