@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from s3proxy.crypto.envelope import b64u, lp
 from s3proxy.crypto.errors import ManifestMismatch
 from s3proxy.crypto.format import OBJECT_ID_SIZE, Buffer, _check_dek
 
@@ -97,21 +98,13 @@ class Manifest:
                 raise ManifestMismatch("a part differs from the object's manifest")
 
 
-def _b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _unb64u(text: str) -> bytes:
     if not text or len(text) % 4 == 1 or text.strip("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"):
         raise ValueError("not base64url")
     raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    if _b64u(raw) != text:
+    if b64u(raw) != text:
         raise ValueError("not canonical base64url")
     return raw
-
-
-def _lp(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
 
 
 def _subkey(dek: Buffer, label: bytes) -> bytes:
@@ -130,7 +123,7 @@ def _seal_checksum(dek: Buffer, object_id: bytes, checksum: Mapping[str, str]) -
     text = json.dumps(dict(checksum), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     nonce = os.urandom(12)
     ct = AESGCM(_subkey(dek, CHECKSUM_LABEL)).encrypt(nonce, text, CHECKSUM_LABEL + b"\x00" + bytes(object_id))
-    return _b64u(nonce + ct)
+    return b64u(nonce + ct)
 
 
 def _open_checksum(dek: Buffer, object_id: bytes, sealed: object) -> dict[str, str]:
@@ -200,9 +193,9 @@ def part_records_prefix(backend_upload_id: str) -> str:
 
 def _part_ad(object_id: bytes, bucket: str, key: str, backend_upload_id: str, number: int, etag: str) -> bytes:
     return b"".join((
-        PART_LABEL, b"\x00", bytes(object_id), _lp(bucket.encode("utf-8", "surrogateescape")),
-        _lp(key.encode("utf-8", "surrogateescape")), _lp(backend_upload_id.encode("utf-8", "surrogateescape")),
-        struct.pack(">I", number), _lp(etag.strip().strip('"').encode("utf-8", "surrogateescape")),
+        PART_LABEL, b"\x00", bytes(object_id), lp(bucket.encode("utf-8", "surrogateescape")),
+        lp(key.encode("utf-8", "surrogateescape")), lp(backend_upload_id.encode("utf-8", "surrogateescape")),
+        struct.pack(">I", number), lp(etag.strip().strip('"').encode("utf-8", "surrogateescape")),
     ))
 
 
@@ -219,7 +212,7 @@ def seal_part_record(
     nonce = os.urandom(12)
     ad = _part_ad(object_id, bucket, key, backend_upload_id, record.number, etag)
     ct = AESGCM(_subkey(dek, PART_LABEL)).encrypt(nonce, bytes([_ALG_IDS[alg]]) + record.digest, ad)
-    return f"{part_records_prefix(backend_upload_id)}{record.number:05d}.{_b64u(nonce + ct)}"
+    return f"{part_records_prefix(backend_upload_id)}{record.number:05d}.{b64u(nonce + ct)}"
 
 
 def record_number(name: str) -> int | None:
@@ -267,7 +260,7 @@ def upload_record_mac(
     """b64url HMAC-SHA256(HKDF-Expand(DEK, UPLOAD_LABEL), label || 0x00 || lp(bucket) || lp(key) ||
     lp(backend upload id) || lp(algorithm) || lp(type)) of an upload record's checksum settings."""
     msg = b"".join((
-        UPLOAD_LABEL, b"\x00", _lp(bucket.encode("utf-8", "surrogateescape")), _lp(key.encode("utf-8", "surrogateescape")),
-        _lp(backend_upload_id.encode("utf-8", "surrogateescape")), _lp((alg or "").encode()), _lp((checksum_type or "").encode()),
+        UPLOAD_LABEL, b"\x00", lp(bucket.encode("utf-8", "surrogateescape")), lp(key.encode("utf-8", "surrogateescape")),
+        lp(backend_upload_id.encode("utf-8", "surrogateescape")), lp((alg or "").encode()), lp((checksum_type or "").encode()),
     ))
-    return _b64u(hmac.new(_subkey(dek, UPLOAD_LABEL), msg, sha256).digest())
+    return b64u(hmac.new(_subkey(dek, UPLOAD_LABEL), msg, sha256).digest())
